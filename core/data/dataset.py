@@ -1,0 +1,49 @@
+"""A labelled data set held in memory as two tensors, served in batches.
+
+Evaluation sets here are small (thousands of examples), so holding them as tensors is
+simpler and faster than a DataLoader; the same object feeds evaluation, activation
+collection and BatchNorm re-estimation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Inputs `x` (N, ...) as float32 and integer labels `y` (N,) as int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    name: str
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one example, e.g. (64,) for digits."""
+        return tuple(self.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.y.max().item()) + 1 if len(self) else 0
+
+    def batches(
+        self, batch_size: int = 256, *, limit: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, y) pairs in order, the last one possibly shorter; at most `limit` of them."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        for count, start in enumerate(range(0, len(self), batch_size)):
+            if limit is not None and count >= limit:
+                return
+            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+
+    def subset(self, index: torch.Tensor, name: str | None = None) -> Dataset:
+        """The examples at `index`, as a new data set."""
+        return Dataset(self.x[index], self.y[index], name or self.name)

@@ -1,0 +1,90 @@
+"""User data as an `.npz` file holding arrays `x` (inputs) and `y` (integer labels).
+
+`.npz` is what numpy writes with `np.savez`; it needs no pickle to read, so a data file
+cannot run code. Everything is validated here so that a bad file gives one clear
+message naming the file instead of a shape error deep in a forward pass.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.data.dataset import Dataset
+from core.errors import MergerError
+
+_HINT = "save it with numpy.savez(path, x=inputs, y=labels)"
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """Read `x` as float32 and `y` as int64 from an `.npz` file, validating both."""
+    path = Path(path)
+    if not path.is_file():
+        raise MergerError(
+            "no such data file",
+            file=path,
+            hint="use 'digits' for the built-in data set or a path to an .npz file",
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise MergerError(
+            f"cannot read it as an .npz archive ({exc})", file=path, hint=_HINT
+        ) from exc
+    missing = [name for name in ("x", "y") if name not in arrays]
+    if missing:
+        found = ", ".join(sorted(arrays)) or "none"
+        raise MergerError(
+            f"the archive lacks array(s) {', '.join(missing)} (found: {found})",
+            file=path,
+            hint=_HINT,
+        )
+    x, y = arrays["x"], arrays["y"]
+    _check_numeric(path, "x", x)
+    _check_numeric(path, "y", y)
+    if x.ndim < 1 or y.ndim != 1:
+        raise MergerError(
+            f"'y' must be one label per example (1-D), but x has shape {x.shape} "
+            f"and y has shape {y.shape}",
+            file=path,
+            hint=_HINT,
+        )
+    if x.shape[0] != y.shape[0]:
+        raise MergerError(
+            f"x has {x.shape[0]} examples but y has {y.shape[0]} labels",
+            file=path,
+            hint="both arrays need the same length along their first axis",
+        )
+    if x.shape[0] == 0:
+        raise MergerError("the data set is empty", file=path, hint=_HINT)
+    if not np.all(np.isfinite(x)):
+        raise MergerError("x holds NaN or infinite values", file=path)
+    return Dataset(_as_inputs(x), _as_labels(path, y), path.stem)
+
+
+def _check_numeric(path: Path, name: str, array: np.ndarray) -> None:
+    if array.dtype.kind not in "biuf":
+        raise MergerError(
+            f"array '{name}' has non-numeric dtype {array.dtype}",
+            file=path,
+            hint=f"store '{name}' as numbers (float inputs, integer labels)",
+        )
+
+
+def _as_inputs(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _as_labels(path: Path, y: np.ndarray) -> torch.Tensor:
+    """Labels as int64; float labels are accepted only when they are whole numbers ≥ 0."""
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y) & (y == np.round(y))):
+        raise MergerError(
+            "labels in 'y' must be whole numbers (class indices)", file=path, hint=_HINT
+        )
+    if np.any(y < 0):
+        raise MergerError("labels in 'y' must not be negative", file=path, hint=_HINT)
+    return torch.from_numpy(y.astype(np.int64))
