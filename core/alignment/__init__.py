@@ -1,0 +1,1 @@
+"""Permutation alignment: specs, weight/activation matching and assignment solvers."""

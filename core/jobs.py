@@ -1,0 +1,119 @@
+"""Progress reporting and cooperative cancellation, shared by the CLI and the GUI.
+
+A long operation receives a `Progress` and calls `update(done, total, message)` as it
+goes and `check()` at points where stopping is safe; `check()` raises `Cancelled` once
+`cancel()` was called (from any thread). The front decides how to show progress by the
+callback it passes in: a terminal bar in the CLI, a Qt signal in the GUI. Callbacks are
+rate-limited so a tight loop does not flood a GUI event queue.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.errors import Cancelled
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One progress report: `done` of `total` units, with a human message."""
+
+    done: float
+    total: float
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return 0.0 if self.total <= 0 else min(1.0, max(0.0, self.done / self.total))
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+LogCallback = Callable[[str], None]
+
+
+class Progress:
+    """Thread-safe progress sink with cooperative cancel.
+
+    `min_interval` (seconds) limits how often the callback fires; the first and the final
+    (done == total) updates always go through.
+    """
+
+    def __init__(
+        self,
+        callback: ProgressCallback | None = None,
+        *,
+        log: LogCallback | None = None,
+        min_interval: float = 0.05,
+    ) -> None:
+        self._callback = callback
+        self._log = log
+        self._min_interval = min_interval
+        self._cancel = threading.Event()
+        self._last_emit = 0.0
+        self._lock = threading.Lock()
+        self.last: ProgressEvent | None = None
+
+    # -- reporting -------------------------------------------------------------
+    def update(self, done: float, total: float, message: str = "") -> None:
+        """Report progress; also a cancellation point."""
+        event = ProgressEvent(done, total, message)
+        with self._lock:
+            self.last = event
+            now = time.monotonic()
+            due = (
+                now - self._last_emit >= self._min_interval
+                or done >= total
+                or self._last_emit == 0.0
+            )
+            if due:
+                self._last_emit = now
+        if due and self._callback is not None:
+            self._callback(event)
+        self.check()
+
+    def log(self, message: str) -> None:
+        """Send one line to the log pane or the terminal."""
+        if self._log is not None:
+            self._log(message)
+
+    # -- cancellation ----------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask the job to stop at its next `check()`; safe from any thread."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        """Raise `Cancelled` if cancel was requested."""
+        if self._cancel.is_set():
+            raise Cancelled("cancelled by the user")
+
+    def sub(self, start: float, stop: float, total: float) -> SubProgress:
+        """A view that maps a sub-task's 0..total onto start..stop of this progress."""
+        return SubProgress(self, start, stop, total)
+
+
+class SubProgress:
+    """Maps a sub-task's own progress onto a slice of a parent `Progress`."""
+
+    def __init__(self, parent: Progress, start: float, stop: float, total: float) -> None:
+        self._parent, self._start, self._stop, self._total = parent, start, stop, total
+
+    def update(self, done: float, total: float, message: str = "") -> None:
+        frac = 0.0 if total <= 0 else done / total
+        self._parent.update(self._start + frac * (self._stop - self._start), self._total, message)
+
+    def log(self, message: str) -> None:
+        self._parent.log(message)
+
+    def check(self) -> None:
+        self._parent.check()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._parent.cancelled

@@ -1,0 +1,27 @@
+"""What a method sees besides tensors: the tensor's name and its own random stream."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class TensorContext:
+    """Per-tensor context handed to tensorwise methods.
+
+    Random draws come from `generator(i)`: a stream seeded from the recipe's seed,
+    the tensor's name and the input index, so a merge is reproducible whatever the
+    order or threading in which tensors are processed.
+    """
+
+    name: str
+    seed: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def generator(self, index: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
+        key = zlib.crc32(f"{self.seed}:{index}:{self.name}".encode())
+        return torch.Generator(device=device).manual_seed(key)

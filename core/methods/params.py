@@ -1,0 +1,146 @@
+"""Resolve recipe parameter values for one tensor, the way mergekit's YAML means them.
+
+A value in a recipe can be:
+
+* a scalar (`0.5`) — used everywhere;
+* a gradient (`[0, 0.5, 1]`) — linearly interpolated over the layer position t ∈ [0, 1];
+* a filtered list (`[{filter: self_attn, value: 0.3}, {value: 0.7}]`) — the first entry whose
+  `filter` is a substring of the tensor name wins; an entry without a filter is the fallback.
+  An entry's value may itself be a gradient.
+
+Layer positions come from `LayerIndex`, which finds the block number in tensor names
+(`model.layers.12.mlp.weight` → block 12) and maps the blocks in order onto [0, 1].
+Tensors outside the blocks get t = 0 before the first block (embeddings) and t = 1 after
+the last (final norm, head), as mergekit treats its pre- and post-weights.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from core.errors import RecipeError
+from core.methods.registry import MethodSpec, Param
+
+_BLOCK = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+
+
+class LayerIndex:
+    """Positions t ∈ [0, 1] of tensors along the network's depth, from their names."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._block_of: dict[str, int] = {}
+        for name in names:
+            match = _BLOCK.search(name)
+            if match:
+                self._block_of[name] = int(match.group(1))
+        blocks = sorted(set(self._block_of.values()))
+        self._rank = {b: i for i, b in enumerate(blocks)}
+        self._count = len(blocks)
+        first_block_pos = next((i for i, n in enumerate(names) if n in self._block_of), None)
+        self._pos = {n: i for i, n in enumerate(names)}
+        self._first_block_pos = first_block_pos
+
+    def t(self, name: str) -> float:
+        """Layer position of `name`: 0 for the first block, 1 for the last."""
+        if name in self._block_of:
+            if self._count <= 1:
+                return 0.0
+            return self._rank[self._block_of[name]] / (self._count - 1)
+        pos = self._pos.get(name)
+        if pos is None or self._first_block_pos is None:
+            return 0.0
+        return 0.0 if pos < self._first_block_pos else 1.0
+
+
+def interpolate_gradient(values: Sequence[float], t: float) -> float:
+    """Value of a gradient list at position t, linear between evenly spaced anchors."""
+    if len(values) == 1:
+        return float(values[0])
+    x = min(max(t, 0.0), 1.0) * (len(values) - 1)
+    lo = min(int(x), len(values) - 2)
+    frac = x - lo
+    return float(values[lo]) * (1 - frac) + float(values[lo + 1]) * frac
+
+
+def resolve_value(value: Any, name: str, t: float, *, param: str) -> Any:
+    """The scalar that `value` takes for tensor `name` at layer position `t`."""
+    if isinstance(value, list | tuple):
+        if not value:
+            raise RecipeError(f"parameter '{param}' is an empty list")
+        if all(isinstance(v, Mapping) for v in value):
+            for entry in value:
+                flt = entry.get("filter")
+                if flt is None or str(flt) in name:
+                    if "value" not in entry:
+                        raise RecipeError(f"parameter '{param}': a filter entry has no 'value'")
+                    return resolve_value(entry["value"], name, t, param=param)
+            raise RecipeError(
+                f"parameter '{param}': no filter matches tensor '{name}' and no fallback "
+                "entry (one without 'filter') is given"
+            )
+        if any(isinstance(v, Mapping) for v in value):
+            raise RecipeError(f"parameter '{param}' mixes filter entries and numbers")
+        try:
+            return interpolate_gradient([float(v) for v in value], t)
+        except (TypeError, ValueError):
+            raise RecipeError(
+                f"parameter '{param}': a gradient must be a list of numbers"
+            ) from None
+    if isinstance(value, Mapping):
+        raise RecipeError(
+            f"parameter '{param}' must be a value, a list (gradient) or a list of "
+            "{filter, value} entries"
+        )
+    return value
+
+
+def check_value(p: Param, value: Any, *, where: str) -> None:
+    """Validate every scalar a (possibly per-tensor) value can take, before any work starts."""
+    if isinstance(value, list | tuple):
+        if not p.per_tensor:
+            raise RecipeError(f"{where}: parameter '{p.name}' cannot vary by tensor or layer")
+        for v in value:
+            check_value(
+                p, v["value"] if isinstance(v, Mapping) and "value" in v else v, where=where
+            )
+        return
+    if isinstance(value, Mapping):
+        resolve_value(value, "", 0.0, param=p.name)  # raises the shape error
+    p.coerce(value, where=where)
+
+
+def resolve_params(
+    spec: MethodSpec,
+    raw: Mapping[str, Any],
+    name: str,
+    t: float,
+    *,
+    per_model: bool,
+    fallback: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Resolve and type the parameters of `spec` for tensor `name`.
+
+    `per_model` selects the per-model parameters (weight, density, ...); the others
+    are global. Values missing from `raw` come from `fallback` (the recipe's global
+    parameters) and then from the parameter's default.
+    """
+    out: dict[str, Any] = {}
+    for p in spec.params:
+        if p.per_model != per_model:
+            continue
+        if p.name in raw:
+            value = raw[p.name]
+        elif fallback is not None and p.name in fallback:
+            value = fallback[p.name]
+        else:
+            out[p.name] = p.default
+            continue
+        out[p.name] = p.coerce(resolve_value(value, name, t, param=p.name), where=name)
+    return out
+
+
+def unknown_keys(spec: MethodSpec, keys: Iterable[str]) -> list[str]:
+    known = {p.name for p in spec.params}
+    return [k for k in keys if k not in known]

@@ -1,0 +1,285 @@
+"""The task-vector family: task arithmetic, TIES, DARE (linear and TIES), one code path.
+
+Every method here works on task vectors τᵢ = θᵢ − θ₀ of one tensor at a time:
+
+1. optional sparsification of each τᵢ (TIES: keep the top-`density` magnitudes;
+   DARE: keep each entry with probability `density`, optionally rescaled);
+2. weighting by `weight`ᵢ;
+3. optional sign consensus (TIES "elect": the sign of Σᵢ wᵢτᵢ, by mass), keeping only
+   the entries that agree with it;
+4. summing, and dividing by the (agreeing) weights' sum when `normalize` — the TIES
+   "disjoint mean"; with `normalize` off it is the disjoint sum (fusion_bench's TIES);
+5. θ = θ₀ + λ·τ.
+
+This follows mergekit's generalized task arithmetic so that published recipes give the
+same tensors. Deliberate choices, documented in docs/methods.md:
+* trimming is per tensor (mergekit), not global over the model (TIES reference code);
+* DARE's rescale defaults to mergekit's L1-norm matching; `rescale_mode: inverse`
+  gives the paper's 1/density.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from core.errors import RecipeError
+from core.methods.context import TensorContext
+from core.methods.registry import MethodSpec, Needs, Param
+
+
+def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Boolean mask keeping the int(density·n) entries of largest magnitude."""
+    n = delta.numel()
+    k = int(density * n)
+    mask = torch.zeros(n, dtype=torch.bool, device=delta.device)
+    if k > 0:
+        idx = torch.topk(delta.abs().flatten(), k, sorted=False).indices
+        mask[idx] = True
+    return mask.view_as(delta)
+
+
+def random_mask(delta: torch.Tensor, density: float, gen: torch.Generator) -> torch.Tensor:
+    """Boolean mask keeping each entry independently with probability `density`."""
+    draw = torch.rand(delta.shape, generator=gen, device=delta.device, dtype=torch.float32)
+    return draw < density
+
+
+def sparsify(
+    delta: torch.Tensor,
+    density: float,
+    how: str,
+    *,
+    rescale: bool,
+    rescale_mode: str,
+    gen: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Zero all but a `density` fraction of `delta`, in place; rescale the survivors if asked."""
+    if density >= 1.0:
+        return delta
+    if how == "magnitude":
+        mask = magnitude_mask(delta, density)
+    else:
+        assert gen is not None
+        mask = random_mask(delta, density, gen)
+    if not rescale:
+        return delta.mul_(mask)
+    if rescale_mode == "inverse":
+        return delta.mul_(mask).div_(density) if density > 0 else delta.mul_(mask)
+    before = delta.abs().sum()
+    delta.mul_(mask)
+    after = delta.abs().sum()
+    if before < 1e-7 or after < 1e-7:
+        return delta
+    return delta.mul_(before / after)
+
+
+def sign_consensus_mask(weighted: torch.Tensor, how: str) -> torch.Tensor:
+    """Entries whose sign agrees with the elected sign (ties at zero elect +)."""
+    signs = weighted.sign()
+    votes = weighted.sum(dim=0) if how == "sum" else signs.sum(dim=0)
+    elected = torch.where(votes >= 0, 1.0, -1.0).to(weighted.dtype)
+    return signs == elected
+
+
+def merge_task_vectors(
+    inputs: list[torch.Tensor],
+    base: torch.Tensor,
+    params: dict,
+    model_params: list[dict],
+    ctx: TensorContext,
+    *,
+    sparsification: str | None,
+    consensus: str | None,
+) -> torch.Tensor:
+    """θ₀ + λ·combine(sparsify(θᵢ − θ₀)) for one tensor; see the module docstring."""
+    deltas = []
+    for i, (x, mp) in enumerate(zip(inputs, model_params, strict=True)):
+        delta = x.sub_(base)
+        if sparsification is not None:
+            gen = ctx.generator(i, device=delta.device) if sparsification == "random" else None
+            delta = sparsify(
+                delta,
+                float(mp["density"]),
+                sparsification,
+                rescale=bool(params["rescale"]),
+                rescale_mode=params.get("rescale_mode", "l1"),
+                gen=gen,
+            )
+        deltas.append(delta)
+    weights = torch.tensor(
+        [float(mp["weight"]) for mp in model_params], dtype=base.dtype, device=base.device
+    ).view(-1, *([1] * base.dim()))
+    stacked = torch.stack(deltas).mul_(weights)
+    if consensus is not None:
+        mask = sign_consensus_mask(stacked, consensus)
+        mixed = (stacked * mask).sum(dim=0)
+        divisor = (weights * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = stacked.sum(dim=0)
+        divisor = weights.sum(dim=0).expand_as(mixed).clone()
+        divisor[divisor.abs() < 1e-8] = 1
+    if params["normalize"]:
+        mixed.div_(divisor)
+    return base.add_(mixed, alpha=float(params["lambda"]))
+
+
+def _make(sparsification: str | None, consensus: str | None):
+    def fn(inputs, base, params, model_params, ctx):
+        if base is None:
+            raise RecipeError("this method needs a base model (the common ancestor)")
+        return merge_task_vectors(
+            inputs,
+            base,
+            params,
+            model_params,
+            ctx,
+            sparsification=sparsification,
+            consensus=consensus,
+        )
+
+    return fn
+
+
+_WEIGHT = Param(
+    "weight",
+    "float",
+    1.0,
+    "Scale of this model's task vector.",
+    min=-100.0,
+    max=100.0,
+    per_model=True,
+)
+_DENSITY = Param(
+    "density",
+    "float",
+    1.0,
+    "Fraction of the task vector's entries kept (1 = all).",
+    min=0.0,
+    max=1.0,
+    per_model=True,
+)
+_LAMBDA = Param(
+    "lambda",
+    "float",
+    1.0,
+    "Scale of the combined task vector; negative values subtract a task (forgetting).",
+    min=-10.0,
+    max=10.0,
+)
+_INT8 = Param(
+    "int8_mask",
+    "bool",
+    False,
+    "Accepted for mergekit recipes; has no effect on the result (it only saves memory there).",
+    per_tensor=False,
+)
+
+
+def _normalize(default: bool, help_text: str) -> Param:
+    return Param("normalize", "bool", default, help_text, per_tensor=False)
+
+
+def _rescale(default: bool) -> tuple[Param, Param]:
+    return (
+        Param(
+            "rescale",
+            "bool",
+            default,
+            "Rescale the kept entries after dropping, so the task vector keeps its size.",
+            per_tensor=False,
+        ),
+        Param(
+            "rescale_mode",
+            "choice",
+            "l1",
+            "l1: match the L1 norm before dropping (mergekit); "
+            "inverse: divide by density (the DARE paper).",
+            choices=("l1", "inverse"),
+            per_tensor=False,
+        ),
+    )
+
+
+_TA_NEEDS = Needs(base=True, min_models=1)
+
+SPECS = (
+    MethodSpec(
+        name="task_arithmetic",
+        label="Task arithmetic",
+        description="Add the weighted task vectors (fine-tuned − base) to the base, scaled by "
+        "lambda; a negative weight or lambda removes a task.",
+        kind="tensorwise",
+        fn=_make(None, None),
+        params=(_WEIGHT, _LAMBDA, _normalize(False, "Divide by the sum of the weights."), _INT8),
+        needs=_TA_NEEDS,
+        reference_url="https://arxiv.org/abs/2212.04089",
+    ),
+    MethodSpec(
+        name="ties",
+        label="TIES",
+        description="Trim each task vector to its largest entries, elect a sign per entry by "
+        "mass, and average (or sum) only the agreeing entries.",
+        kind="tensorwise",
+        fn=_make("magnitude", "sum"),
+        params=(
+            _WEIGHT,
+            Param(
+                "density",
+                "float",
+                1.0,
+                "Fraction of each task vector's largest-magnitude "
+                "entries kept (the TIES paper keeps 0.2; 1 keeps all, as mergekit's default).",
+                min=0.0,
+                max=1.0,
+                per_model=True,
+            ),
+            _LAMBDA,
+            _normalize(
+                True,
+                "On: disjoint mean of the agreeing entries (TIES paper). "
+                "Off: disjoint sum (fusion_bench).",
+            ),
+            *_rescale(False),
+            _INT8,
+        ),
+        needs=_TA_NEEDS,
+        reference_url="https://arxiv.org/abs/2306.01708",
+    ),
+    MethodSpec(
+        name="dare_linear",
+        label="DARE (linear)",
+        description="Randomly drop task-vector entries (keeping a `density` fraction), rescale "
+        "the rest, then add them like task arithmetic. Seeded by the recipe's seed.",
+        kind="tensorwise",
+        fn=_make("random", None),
+        params=(
+            _WEIGHT,
+            _DENSITY,
+            _LAMBDA,
+            _normalize(False, "Divide by the sum of the weights."),
+            *_rescale(True),
+            _INT8,
+        ),
+        needs=_TA_NEEDS,
+        reference_url="https://arxiv.org/abs/2311.03099",
+    ),
+    MethodSpec(
+        name="dare_ties",
+        label="DARE-TIES",
+        description="DARE's random drop and rescale, then TIES's sign election and merge of the "
+        "agreeing entries. Seeded by the recipe's seed.",
+        kind="tensorwise",
+        fn=_make("random", "sum"),
+        params=(
+            _WEIGHT,
+            _DENSITY,
+            _LAMBDA,
+            _normalize(False, "Divide by the sum of the agreeing weights (disjoint mean)."),
+            *_rescale(True),
+            _INT8,
+        ),
+        needs=_TA_NEEDS,
+        reference_url="https://arxiv.org/abs/2311.03099",
+    ),
+)

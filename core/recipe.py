@@ -1,0 +1,214 @@
+"""What to merge and how, as data — YAML in mergekit's vocabulary.
+
+A recipe is frozen: the GUI snapshots one from its panels and hands it to the worker;
+the CLI reads one from a file; the merged file stores the one that made it. Recipes
+that people publish beside mergekit merges (`linear`, `slerp`, `task_arithmetic`,
+`ties`, `dare_linear`, `dare_ties` with `models`, `base_model`, `parameters`, `dtype`,
+`out_dtype`) load unchanged. Keys we add: `seed` (random methods), `data` and `arch`
+(methods that need evaluation data or an architecture).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.errors import RecipeError
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+_DTYPE_ALIASES = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "half": "float16",
+    "float": "float32",
+    "fp64": "float64",
+    "double": "float64",
+}
+# mergekit keys that we understand but do not implement, and what to tell the user.
+_UNSUPPORTED = {
+    "slices": "layer slices (frankenmerges) are not supported; list whole models under 'models'",
+    "modules": "per-module definitions are not supported; list whole models under 'models'",
+    "tokenizer": "tokenizer merging is not supported; copy the tokenizer files yourself",
+    "tokenizer_source": "tokenizer merging is not supported; copy the tokenizer files yourself",
+    "chat_template": "chat templates are not handled; copy the template yourself",
+}
+_KNOWN = {
+    "merge_method",
+    "models",
+    "base_model",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "seed",
+    "data",
+    "arch",
+    "name",
+    "merger",
+}
+
+
+def normalize_dtype(value: Any, *, key: str) -> str | None:
+    if value is None:
+        return None
+    text = _DTYPE_ALIASES.get(str(value).lower(), str(value).lower())
+    if text not in DTYPES:
+        raise RecipeError(f"'{key}' must be one of {', '.join(DTYPES)}, not '{value}'")
+    return text
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One input model and its per-model parameters (e.g. weight, density)."""
+
+    model: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    merge_method: str
+    models: tuple[ModelEntry, ...]
+    base_model: str | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    dtype: str | None = None
+    out_dtype: str | None = None
+    seed: int = 0
+    data: str | None = None
+    arch: str | None = None
+
+    # -- construction ---------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: Any, *, source: str = "recipe", root: Path | None = None) -> Recipe:
+        """Build and shape-check a recipe from parsed YAML; paths resolve against `root`."""
+        if not isinstance(raw, Mapping):
+            raise RecipeError("a recipe must be a mapping of keys to values", file=source)
+        for key, why in _UNSUPPORTED.items():
+            if key in raw:
+                raise RecipeError(f"'{key}': {why}", file=source)
+        unknown = sorted(set(raw) - _KNOWN)
+        if unknown:
+            raise RecipeError(
+                f"unknown key(s) {', '.join(unknown)}",
+                file=source,
+                hint=f"known keys: {', '.join(sorted(_KNOWN))}",
+            )
+        if "merge_method" not in raw:
+            raise RecipeError("'merge_method' is missing", file=source)
+        models_raw = raw.get("models") or []
+        if not isinstance(models_raw, list):
+            raise RecipeError("'models' must be a list", file=source)
+        models = []
+        for i, entry in enumerate(models_raw):
+            if isinstance(entry, str):
+                entry = {"model": entry}
+            if not isinstance(entry, Mapping) or "model" not in entry:
+                raise RecipeError(f"models[{i}] needs a 'model' path", file=source)
+            params = entry.get("parameters") or {}
+            if not isinstance(params, Mapping):
+                raise RecipeError(f"models[{i}].parameters must be a mapping", file=source)
+            models.append(ModelEntry(_resolve(entry["model"], root), dict(params)))
+        params = raw.get("parameters") or {}
+        if not isinstance(params, Mapping):
+            raise RecipeError("'parameters' must be a mapping", file=source)
+        base = raw.get("base_model")
+        seed = raw.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise RecipeError(f"'seed' must be an integer, not {seed!r}", file=source)
+        return cls(
+            merge_method=str(raw["merge_method"]),
+            models=tuple(models),
+            base_model=_resolve(base, root) if base else None,
+            parameters=dict(params),
+            dtype=normalize_dtype(raw.get("dtype"), key="dtype"),
+            out_dtype=normalize_dtype(raw.get("out_dtype"), key="out_dtype"),
+            seed=seed,
+            data=_resolve_data(raw.get("data"), root),
+            arch=_resolve_arch(raw.get("arch"), root),
+        )
+
+    @classmethod
+    def from_yaml(cls, text: str, *, source: str = "recipe", root: Path | None = None) -> Recipe:
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"not valid YAML: {exc}".replace("\n", " "), file=source) from None
+        return cls.from_dict(raw, source=source, root=root)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"cannot read the recipe: {exc.strerror or exc}", file=path) from None
+        return cls.from_yaml(text, source=str(path), root=path.parent)
+
+    # -- output ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"merge_method": self.merge_method}
+        if self.base_model:
+            out["base_model"] = self.base_model
+        out["models"] = [
+            {"model": m.model, **({"parameters": dict(m.parameters)} if m.parameters else {})}
+            for m in self.models
+        ]
+        if self.parameters:
+            out["parameters"] = dict(self.parameters)
+        for key in ("dtype", "out_dtype", "data", "arch"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        if self.seed:
+            out["seed"] = self.seed
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def save(self, path: str | Path) -> None:
+        from core.atomic import write_text_atomic
+
+        write_text_atomic(Path(path), self.to_yaml())
+
+    def with_(self, **changes: Any) -> Recipe:
+        return replace(self, **changes)
+
+    # -- queries --------------------------------------------------------------
+    def model_paths(self) -> list[str]:
+        """Every distinct model path, base first."""
+        paths = [self.base_model] if self.base_model else []
+        for m in self.models:
+            if m.model not in paths:
+                paths.append(m.model)
+        return paths
+
+
+def _resolve(path: Any, root: Path | None) -> str:
+    """A model path as given, or relative to the recipe's folder when that exists."""
+    text = str(path)
+    p = Path(text).expanduser()
+    if p.is_absolute() or root is None or p.exists():
+        return str(p)
+    candidate = root / p
+    return str(candidate) if candidate.exists() else str(p)
+
+
+def _resolve_data(value: Any, root: Path | None) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text if text == "digits" else _resolve(text, root)
+
+
+def _resolve_arch(value: Any, root: Path | None) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    if ".py:" in text:
+        file, _, factory = text.rpartition(":")
+        return f"{_resolve(file, root)}:{factory}"
+    return text
