@@ -1,0 +1,89 @@
+"""Built-in model families and `resolve_architecture`, the one way to get a spec and a builder.
+
+`arch` strings, as the CLI's `--arch` and the GUI's picker take them:
+
+* None: detect the family from the checkpoint's names and shapes, when exactly one fits;
+* a family name, optionally with an option after a colon: `mlp`, `mlp:gelu`, `vgg`,
+  `resnet20`, `resnet18`, `resnet50`;
+* `path/to/model.py:factory`: import that file, call `factory()` for an `nn.Module`, load
+  the checkpoint into it strictly, trace its spec with torch.fx and self-test it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from core.architectures import mlp
+from core.architectures.base import Architecture, Family, Shapes, State, shapes_of
+from core.errors import MergerError
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (mlp.FAMILY,)}
+
+__all__ = ["FAMILIES", "Architecture", "Family", "detect_family", "resolve_architecture"]
+
+
+def detect_family(shapes: Shapes) -> str:
+    """The one family whose `fits` accepts these shapes; MergerError if none or several."""
+    fitting = [name for name, family in FAMILIES.items() if family.fits(shapes) is None]
+    if len(fitting) == 1:
+        return fitting[0]
+    if fitting:
+        raise MergerError(
+            f"the checkpoint fits several architectures: {', '.join(fitting)}",
+            hint=f"pick one with --arch NAME (one of {', '.join(fitting)})",
+        )
+    reasons = "; ".join(f"{name}: {FAMILIES[name].fits(shapes)}" for name in FAMILIES)
+    raise MergerError(
+        f"no built-in architecture fits the checkpoint ({reasons})",
+        hint="name one with --arch NAME, or give your model as --arch path/to/model.py:factory",
+    )
+
+
+def resolve_architecture(arch: str | None, state: State) -> Architecture:
+    """Spec (sizes filled in) and builder for `state`, from `arch` as described above."""
+    if arch is not None and _is_file_reference(arch):
+        from core.architectures.custom import load_custom
+
+        return load_custom(arch, state)
+    shapes = shapes_of(state)
+    name, option = (detect_family(shapes), "") if arch is None else _split(arch)
+    family = FAMILIES[name]
+    reason = family.fits(shapes)
+    if reason is not None:
+        raise MergerError(
+            f"the checkpoint is not a '{name}' model: {reason}",
+            hint="pick another architecture, or leave --arch out to detect it",
+        )
+    option = option or (family.options[0] if family.options else "")
+    spec = family.spec(shapes).infer_sizes(state)
+
+    def build(weights: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+        return family.build(weights, option)
+
+    label = f"{name}:{option}" if option and option != family.options[0] else name
+    return Architecture(label, spec, build, family.input_shape(shapes))
+
+
+def _is_file_reference(arch: str) -> bool:
+    path, sep, _ = arch.rpartition(":")
+    return bool(sep) and (path.endswith(".py") or "/" in path or "\\" in path)
+
+
+def _split(arch: str) -> tuple[str, str]:
+    name, _, option = arch.strip().partition(":")
+    name = name.lower()
+    if name not in FAMILIES:
+        raise MergerError(
+            f"unknown architecture '{arch}'",
+            hint=f"use one of {', '.join(FAMILIES)} or path/to/model.py:factory",
+        )
+    family = FAMILIES[name]
+    if option and option not in family.options:
+        choices = ", ".join(family.options) or "none"
+        raise MergerError(
+            f"architecture '{name}' has no option '{option}'",
+            hint=f"options: {choices}",
+        )
+    return name, option

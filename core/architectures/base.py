@@ -1,0 +1,85 @@
+"""What a model family is, and what resolving an architecture gives back.
+
+A `Family` knows one kind of network well enough to rebuild it from a state dict alone:
+it decides from names and shapes whether a checkpoint is one of its own (`fits`), writes
+the permutation spec, and builds an `nn.Module` whose `state_dict()` keys are exactly the
+checkpoint's, with the weights loaded. Everything is inferred from shapes so that a
+checkpoint file is enough: no config, no torchvision.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core.alignment.spec import PermutationSpec
+
+Shapes = Mapping[str, tuple[int, ...]]
+State = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A resolved architecture: its spec (sizes filled in) and a builder for loaded modules."""
+
+    name: str
+    spec: PermutationSpec
+    build: Callable[[State], nn.Module]
+    input_shape: tuple[int, ...] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A built-in model family.
+
+    `fits(shapes)` returns None when the checkpoint is one of this family's, otherwise a
+    short reason why not (shown when nothing fits). `options` are the words accepted
+    after a colon, as in `mlp:gelu`; the first is the default.
+    """
+
+    name: str
+    description: str
+    fits: Callable[[Shapes], str | None]
+    spec: Callable[[Shapes], PermutationSpec]
+    build: Callable[[State, str], nn.Module]
+    input_shape: Callable[[Shapes], tuple[int, ...] | None]
+    options: tuple[str, ...] = ()
+
+
+def shapes_of(state: State) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a state dict (what detection and specs need)."""
+    return {name: tuple(int(n) for n in value.shape) for name, value in state.items()}
+
+
+def natural_key(name: str) -> list[object]:
+    """Sort key that orders 'layers.2' before 'layers.10' (safetensors sorts names as text)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def attach(root: nn.Module, path: str, module: nn.Module) -> nn.Module:
+    """Register `module` at dotted `path` under `root`, creating empty containers between.
+
+    This is how builders reproduce any checkpoint's naming (`fc1`, `net.0`, plain `0`)
+    without knowing the class that wrote it.
+    """
+    parent = root
+    *heads, last = path.split(".")
+    for head in heads:
+        child = parent._modules.get(head)
+        if child is None:
+            child = nn.Module()
+            parent.add_module(head, child)
+        parent = child
+    parent.add_module(last, module)
+    return module
+
+
+def load_exact(module: nn.Module, state: State, family: str) -> nn.Module:
+    """Load `state` strictly; a mismatch here is a bug in the family's builder."""
+    module.load_state_dict(dict(state), strict=True)
+    return module.eval()
