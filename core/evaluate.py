@@ -1,0 +1,57 @@
+"""Loss and accuracy of a classifier on a data set.
+
+The landscape views evaluate many interpolated models, and the tests use it to check
+that alignment lowers the loss barrier, so it is kept minimal: eval mode, no grad, mean
+cross-entropy over all examples (summed per batch, divided once, so the last short
+batch weighs what it should).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.data import Dataset
+from core.errors import MergerError
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "cpu"
+) -> dict[str, float]:
+    """Mean cross-entropy `loss`, `accuracy` in [0, 1] and example count `n`.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    if len(dataset) == 0:
+        raise MergerError(f"data set '{dataset.name}' is empty", hint="give data with examples")
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    total_loss, correct = 0.0, 0
+    try:
+        for x, y in dataset.batches(batch_size):
+            logits = model(x.to(device))
+            y = y.to(device)
+            _check_logits(logits, y, dataset.name)
+            total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+    finally:
+        model.train(was_training)
+    n = len(dataset)
+    return {"loss": total_loss / n, "accuracy": correct / n, "n": n}
+
+
+def _check_logits(logits: torch.Tensor, y: torch.Tensor, name: str) -> None:
+    if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+        raise MergerError(
+            f"the model gives outputs of shape {tuple(logits.shape)} for a batch of "
+            f"{y.shape[0]}; evaluation needs class scores (batch, classes)",
+            hint="evaluate classifiers only",
+        )
+    if int(y.max()) >= logits.shape[1]:
+        raise MergerError(
+            f"data set '{name}' has label {int(y.max())} but the model has only "
+            f"{logits.shape[1]} outputs",
+            hint="use data whose labels match the model's classes",
+        )

@@ -1,0 +1,46 @@
+"""Evaluation: cross-entropy and accuracy against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from core.data import Dataset
+from core.errors import MergerError
+from core.evaluate import evaluate
+
+
+class _Fixed(nn.Module):
+    """Returns the input itself as logits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_loss_and_accuracy_by_hand():
+    # two classes; logits (0, 0) -> loss log 2; (log 3, 0) -> p = 3/4 on class 0
+    x = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [math.log(3.0), 0.0]])
+    y = torch.tensor([0, 0, 1])
+    result = evaluate(_Fixed(), Dataset(x, y, "t"), batch_size=2)
+    expected = (math.log(2) + math.log(4 / 3) + math.log(4)) / 3
+    assert result["loss"] == pytest.approx(expected, rel=1e-6)
+    # argmax of (0, 0) is class 0 -> correct; rows 2, 3 predict 0 -> one correct
+    assert result["accuracy"] == pytest.approx(2 / 3)
+    assert result["n"] == 3
+
+
+def test_mode_is_restored():
+    net = nn.Sequential(nn.Linear(2, 2))
+    net.train()
+    evaluate(net, Dataset(torch.zeros(2, 2), torch.tensor([0, 1]), "t"))
+    assert net.training
+
+
+def test_bad_labels_and_outputs_are_explained():
+    with pytest.raises(MergerError, match="label 5 but the model has only 2"):
+        evaluate(_Fixed(), Dataset(torch.zeros(2, 2), torch.tensor([0, 5]), "t"))
+    with pytest.raises(MergerError, match="class scores"):
+        evaluate(_Fixed(), Dataset(torch.zeros(2, 2, 2), torch.tensor([0, 1]), "t"))
