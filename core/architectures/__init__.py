@@ -15,11 +15,14 @@ from collections.abc import Mapping
 
 import torch
 
-from core.architectures import mlp
+from core.architectures import mlp, vgg
 from core.architectures.base import Architecture, Family, Shapes, State, shapes_of
+from core.architectures.resnet_families import RESNET18, RESNET20, RESNET50
 from core.errors import MergerError
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (mlp.FAMILY,)}
+FAMILIES: dict[str, Family] = {
+    family.name: family for family in (mlp.FAMILY, vgg.FAMILY, RESNET20, RESNET18, RESNET50)
+}
 
 __all__ = ["FAMILIES", "Architecture", "Family", "detect_family", "resolve_architecture"]
 

@@ -1,0 +1,41 @@
+"""Family detection: the one fitting family is picked; none or several are refused clearly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from core.architectures import FAMILIES, detect_family, resolve_architecture
+from core.errors import MergerError
+
+
+def test_mlp_shapes_detect_as_mlp_only():
+    shapes = {"layers.0.weight": (8, 4), "layers.0.bias": (8,), "layers.2.weight": (3, 8)}
+    assert detect_family(shapes) == "mlp"
+    assert [n for n, f in FAMILIES.items() if f.fits(shapes) is None] == ["mlp"]
+
+
+def test_several_fitting_families_are_refused_with_candidates(monkeypatch):
+    twin = dataclasses.replace(FAMILIES["mlp"], name="mlp_twin")
+    monkeypatch.setitem(FAMILIES, "mlp_twin", twin)
+    with pytest.raises(MergerError) as info:
+        detect_family({"a.weight": (3, 4)})
+    text = str(info.value)
+    assert "several architectures: mlp, mlp_twin" in text and "--arch NAME" in text
+
+
+def test_nothing_fitting_lists_each_familys_reason():
+    with pytest.raises(MergerError) as info:
+        detect_family({"embed.weight": (100, 8, 3)})
+    text = str(info.value)
+    for name in FAMILIES:
+        assert f"{name}:" in text
+    assert "model.py:factory" in text
+
+
+def test_explicit_name_is_case_insensitive_and_spec_sizes_are_filled():
+    state = {"fc1.weight": torch.randn(5, 4), "fc2.weight": torch.randn(2, 5)}
+    arch = resolve_architecture("MLP", state)
+    assert arch.spec.sizes == {"P_fc1": 5}

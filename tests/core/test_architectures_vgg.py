@@ -1,0 +1,86 @@
+"""The VGG family: torchvision-style names, pools read from index gaps, flatten blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from core.architectures import resolve_architecture
+from core.errors import MergerError
+
+
+class _RefVGG(nn.Module):
+    """torchvision's VGG layout, written out: features, adaptive avg-pool, classifier."""
+
+    def __init__(self, cfg, bn, side, hidden=20, classes=10):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                continue
+            layers.append(nn.Conv2d(channels, v, 3, padding=1))
+            layers += [nn.BatchNorm2d(v)] if bn else []
+            layers.append(nn.ReLU())
+            channels = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((side, side))
+        self.classifier = nn.Sequential(
+            nn.Linear(channels * side * side, hidden), nn.ReLU(), nn.Dropout(),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(),
+            nn.Linear(hidden, classes),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+def _state(net: nn.Module) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    for name, value in net.state_dict().items():
+        if name.endswith("running_var") or (value.dim() == 1 and name.endswith("weight")):
+            value.copy_(torch.rand(value.shape, generator=gen) + 0.5)
+        elif name.endswith("running_mean"):
+            value.copy_(torch.randn(value.shape, generator=gen))
+    return dict(net.eval().state_dict())
+
+
+@pytest.mark.parametrize("bn", [False, True])
+@pytest.mark.parametrize("side", [1, 2])
+def test_vgg_is_detected_faithful_and_invariant(bn, side):
+    torch.manual_seed(0)
+    ref = _RefVGG([8, "M", 16, 16, "M", 12, "M"], bn, side)
+    state = _state(ref)
+    arch = resolve_architecture(None, state)
+    assert arch.name == "vgg"
+    assert arch.input_shape == (3, 8 * side, 8 * side)
+    net = arch.build(state)
+    assert list(net.state_dict()) == list(state)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(net(x), ref(x), atol=1e-6)
+    assert arch.spec.self_test(arch.build, state, x) < 1e-10
+    last = "P_features.11" if bn else "P_features.8"
+    assert arch.spec.block("classifier.0.weight", 1) == side * side
+    assert ("classifier.0.weight", 1) in arch.spec.groups[last]
+    assert arch.spec.sizes[last] == 12
+
+
+def test_flatten_without_blocks_is_refused():
+    """The blocked axis matters: without it 12 channels cannot own 48 inputs."""
+    torch.manual_seed(0)
+    state = _state(_RefVGG([8, "M", 12, "M"], False, 2))
+    arch = resolve_architecture("vgg", state)
+    spec = arch.spec
+    spec.blocks.clear()
+    with pytest.raises(MergerError):
+        spec.infer_sizes(state)
+
+
+def test_a_conv_followed_by_unknown_layers_is_not_a_vgg():
+    torch.manual_seed(0)
+    state = _state(_RefVGG([8, "M", 12, "M"], False, 1))
+    state = {k.replace("features.3.", "features.6."): v for k, v in state.items()}
+    with pytest.raises(MergerError, match="followed by 5 layers"):
+        resolve_architecture("vgg", state)
