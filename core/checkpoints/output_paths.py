@@ -1,0 +1,186 @@
+"""Where an output may go, and how it is published atomically.
+
+Rules: an existing output is replaced only when asked; an input (or a folder holding one,
+or a path inside one) is never written; outputs are built under a hidden temporary name
+in the target's parent (same filesystem) and appear under their real name in one rename,
+so a crash or cancel never leaves a half-written model where a user would find it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.errors import OutputError
+
+FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def output_error(path: Path, exc: OSError, doing: str = "writing") -> OutputError:
+    """Turn an OSError met while producing an output into a message for people."""
+    if exc.errno in FULL:
+        return OutputError(
+            f"the disk is full while {doing} the output",
+            file=path,
+            hint="free some space or choose an output on another disk",
+        )
+    if exc.errno in DENIED:
+        return OutputError(
+            f"permission denied while {doing} the output",
+            file=path,
+            hint="choose a folder you can write to",
+        )
+    if exc.errno == errno.ENOTDIR:
+        return OutputError(
+            "a part of the output path is a file, not a folder",
+            file=path,
+            hint="choose another output path",
+        )
+    return OutputError(f"{doing} the output failed: {exc.strerror or exc}", file=path)
+
+
+def check_output_path(out: Path, protect: Sequence[str | Path], *, overwrite: bool) -> None:
+    """Refuse outputs that would replace something without permission or touch an input."""
+    target = Path(os.path.realpath(out))
+    for p in protect:
+        guarded = Path(os.path.realpath(Path(p).expanduser()))
+        if target == guarded:
+            raise OutputError(
+                "the output is one of the input models",
+                file=out,
+                hint="choose another output name; inputs are never overwritten",
+            )
+        if guarded in target.parents:
+            raise OutputError(
+                f"the output lies inside the input {guarded}",
+                file=out,
+                hint="choose an output outside the input models' folders",
+            )
+        if target in guarded.parents:
+            raise OutputError(
+                f"the output folder contains the input {guarded}",
+                file=out,
+                hint="choose an output that does not hold any input model",
+            )
+    if os.path.lexists(out) and not overwrite:
+        raise OutputError(
+            "the output already exists",
+            file=out,
+            hint="choose another name, or allow overwriting it",
+        )
+    if out.name.endswith(".safetensors") and out.is_dir():
+        raise OutputError(
+            "a folder has this name, but a .safetensors output is a single file",
+            file=out,
+            hint="choose another name",
+        )
+
+
+def make_parent(out: Path) -> list[Path]:
+    """Create the output's missing parent folders; returns those created (to undo)."""
+    created: list[Path] = []
+    parent = out.parent
+    missing = []
+    while not parent.exists():
+        missing.append(parent)
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(
+            f"{parent} is a file, not a folder", file=out, hint="choose another output path"
+        )
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            remove_empty(created)
+            raise output_error(folder, exc, "creating the folder for") from None
+        created.append(folder)
+    return created
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def temp_name(out: Path, kind: str = "tmp") -> Path:
+    """A hidden sibling of `out`, on the same filesystem so a rename is atomic."""
+    return out.parent / f".{out.name}.{kind}-{secrets.token_hex(4)}"
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable; some filesystems refuse to fsync folders, which is fine."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: Path, out: Path, *, overwrite: bool) -> None:
+    """Move the finished `tmp` (file or folder) to `out` atomically.
+
+    Without overwrite a file is published with link+unlink, which fails rather than
+    replace something that appeared meanwhile. With overwrite the old output is renamed
+    away first and deleted only after the new one is in place.
+    """
+    if tmp.is_dir() or (overwrite and os.path.lexists(out) and not _is_plain_file(out)):
+        _publish_replacing(tmp, out, overwrite=overwrite)
+    elif overwrite:
+        os.replace(tmp, out)
+    else:
+        try:
+            os.link(tmp, out)
+        except FileExistsError:
+            raise OutputError(
+                "the output appeared while merging", file=out, hint="choose another name"
+            ) from None
+        except OSError:  # filesystems without hard links
+            if os.path.lexists(out):
+                raise OutputError("the output appeared while merging", file=out) from None
+            os.rename(tmp, out)
+        else:
+            os.unlink(tmp)
+    fsync_dir(out.parent)
+
+
+def _is_plain_file(p: Path) -> bool:
+    return p.is_file() and not p.is_symlink()
+
+
+def _publish_replacing(tmp: Path, out: Path, *, overwrite: bool) -> None:
+    old = None
+    if os.path.lexists(out):
+        if not overwrite:
+            raise OutputError(
+                "the output appeared while merging", file=out, hint="choose another name"
+            )
+        old = temp_name(out, "old")
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)

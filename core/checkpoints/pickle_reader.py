@@ -1,0 +1,160 @@
+"""Open torch pickles (`.pt .pth .bin .ckpt`) safely, and find the state dict inside.
+
+Only `torch.load(weights_only=True)` is ever used: a restricted unpickler that builds
+tensors and plain containers and refuses anything else, so a file can never run code.
+With `mmap=True` the tensors stay on disk until read; the legacy (non-zip) format cannot
+be mapped and is loaded whole.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.checkpoints.reader import Checkpoint, Entry, LoadedTensor
+from core.checkpoints.safetensors_reader import open_file_error, read_index, shard_paths
+from core.checkpoints.tensor_info import TensorInfo
+from core.errors import CheckpointError
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel, torch.compile
+
+
+def load_pickle(path: Path) -> Any:
+    """`torch.load` with weights_only, mmapped when the format allows."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise CheckpointError(
+                "the file is empty", file=path, hint="re-download or re-export it"
+            )
+        mmap = zipfile.is_zipfile(path)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise CheckpointError(
+            "the file holds code or Python objects that a safe load refuses"
+            + (f" (it refers to {found.group(1)})" if found else ""),
+            file=path,
+            hint="Merger never runs code from model files; re-save the weights alone with "
+            "torch.save(model.state_dict()) or as safetensors",
+        ) from None
+    except OSError as exc:
+        raise open_file_error(path, exc) from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        raise CheckpointError(
+            f"not a readable torch checkpoint ({_first_sentence(exc)})",
+            file=path,
+            hint="the file is truncated or corrupt; re-download or re-export it",
+        ) from None
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = str(exc).strip().split(". ")[0][:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _has_tensor(obj: Any) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, Mapping):
+        return any(_has_tensor(v) for v in obj.values())
+    return False
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Find the weights in a loaded checkpoint object and flatten them to dotted names.
+
+    Handles `{"state_dict": ...}`, `model`, `module`, `model_state_dict` wrappers,
+    Lightning checkpoints (whose `model.` prefix is stripped when on every key),
+    DataParallel `module.` prefixes and nested dicts. Non-tensor leaves are ignored.
+    """
+    lightning = isinstance(obj, Mapping) and "pytorch-lightning_version" in obj
+    for _ in range(4):  # wrappers may nest, e.g. {"model": {"state_dict": ...}}
+        if not isinstance(obj, Mapping):
+            break
+        inner = next(
+            (
+                obj[k]
+                for k in WRAPPER_KEYS
+                if isinstance(obj.get(k), Mapping) and _has_tensor(obj[k])
+            ),
+            None,
+        )
+        if inner is None:
+            break
+        obj = inner
+    flat: dict[str, torch.Tensor] = {}
+    if isinstance(obj, Mapping):
+        _flatten(obj, "", flat)
+    prefixes = ("model.", *STRIP_PREFIXES) if lightning else STRIP_PREFIXES
+    for prefix in prefixes:
+        if flat and all(k.startswith(prefix) for k in flat):
+            flat = {k[len(prefix) :]: v for k, v in flat.items()}
+    return flat
+
+
+def _flatten(obj: Mapping, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, torch.Tensor):
+            out[name] = value
+        elif isinstance(value, Mapping):
+            _flatten(value, name + ".", out)
+
+
+def _entries(path: Path, state: dict[str, torch.Tensor]) -> dict[str, Entry]:
+    entries: dict[str, Entry] = {}
+    for name, tensor in state.items():
+        if tensor.layout != torch.strided or tensor.is_quantized:
+            raise CheckpointError(
+                f"tensor layout {tensor.layout} is not supported",
+                file=path,
+                tensor=name,
+                hint="convert the weights to dense tensors",
+            )
+        entries[name] = LoadedTensor(TensorInfo.of_tensor(name, tensor), tensor)
+    return entries
+
+
+def open_pickle(path: Path, *, shown_path: Path | None = None, config=None) -> Checkpoint:
+    """Open one torch pickle file."""
+    state = unwrap_state_dict(load_pickle(path))
+    if not state:
+        raise CheckpointError(
+            "the file holds no tensors",
+            file=path,
+            hint="it is not a model checkpoint, or its weights are stored elsewhere",
+        )
+    return Checkpoint(shown_path or path, "pytorch", [path], _entries(path, state), config=config)
+
+
+def open_sharded_pickle(index: Path, *, shown_path: Path, config=None) -> Checkpoint:
+    """Open `pytorch_model.bin.index.json` and its shards."""
+    weight_map = read_index(index)
+    files = shard_paths(index, weight_map)
+    entries: dict[str, Entry] = {}
+    for shard in files:
+        for name, entry in _entries(shard, unwrap_state_dict(load_pickle(shard))).items():
+            if name in entries:
+                raise CheckpointError("the tensor appears in two shards", file=shard, tensor=name)
+            entries[name] = entry
+    missing = [n for n in weight_map if n not in entries]
+    if missing:
+        raise CheckpointError(
+            f"the index names {len(missing)} tensor(s) no shard holds, e.g. '{missing[0]}'",
+            file=index,
+            hint="the index and the shards do not match; re-download them",
+        )
+    return Checkpoint(shown_path, "pytorch (sharded)", files, entries, config=config)

@@ -1,0 +1,124 @@
+"""Open `.safetensors` files, single or sharded by a `*.safetensors.index.json`.
+
+Only headers are read here; tensor bytes are read later by `Checkpoint.get`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from core.checkpoints.reader import Checkpoint, Entry, FileTensor
+from core.checkpoints.safetensors_format import SafetensorsHeader, header_length, read_header
+from core.errors import CheckpointError
+
+
+def open_file_error(path: Path, exc: OSError) -> CheckpointError:
+    """Turn an OSError met while opening an input into a message for people."""
+    if isinstance(exc, FileNotFoundError):
+        return CheckpointError("no such file or folder", file=path, hint="check the path")
+    if isinstance(exc, IsADirectoryError):
+        return CheckpointError("is a folder where a weights file was expected", file=path)
+    if isinstance(exc, PermissionError):
+        return CheckpointError(
+            "permission denied", file=path, hint="make the file readable for your user"
+        )
+    return CheckpointError(f"cannot read the file: {exc.strerror or exc}", file=path)
+
+
+def read_safetensors_header(path: Path) -> SafetensorsHeader:
+    """Read and validate the header of one safetensors file (reads only the header)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            first8 = f.read(8)
+            n = header_length(path, size, first8)
+            raw = first8 + f.read(n)
+    except OSError as exc:
+        raise open_file_error(path, exc) from None
+    return read_header(path, size, raw)
+
+
+def open_safetensors(path: Path, *, shown_path: Path | None = None, config=None) -> Checkpoint:
+    """Open a single safetensors file."""
+    header = read_safetensors_header(path)
+    entries: dict[str, Entry] = {
+        t.info.name: FileTensor(t.info, 0, t.start, t.end) for t in header.tensors
+    }
+    return Checkpoint(
+        shown_path or path,
+        "safetensors",
+        [path],
+        entries,
+        config=config,
+        metadata=header.metadata,
+    )
+
+
+def read_index(path: Path) -> dict[str, str]:
+    """The `weight_map` (tensor name -> shard file name) of a sharded-model index."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise open_file_error(path, exc) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"the index is not valid JSON ({exc})", file=path, hint="re-download it"
+        ) from None
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(
+            "the index has no 'weight_map' naming the shard of each tensor",
+            file=path,
+            hint="re-download it",
+        )
+    if not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError("the index's weight_map values must be file names", file=path)
+    return weight_map
+
+
+def shard_paths(index: Path, weight_map: dict[str, str]) -> list[Path]:
+    """The shard files an index names, in first-use order; missing ones are an error."""
+    names = list(dict.fromkeys(weight_map.values()))
+    paths = [index.parent / n for n in names]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"the index names shard(s) that are missing: {', '.join(missing)}",
+            file=index,
+            hint="download every shard into the same folder",
+        )
+    return paths
+
+
+def open_sharded_safetensors(index: Path, *, shown_path: Path, config=None) -> Checkpoint:
+    """Open a sharded safetensors model through its index file."""
+    weight_map = read_index(index)
+    files = shard_paths(index, weight_map)
+    entries: dict[str, Entry] = {}
+    metadata: dict[str, str] = {}
+    for i, shard in enumerate(files):
+        header = read_safetensors_header(shard)
+        metadata.update(header.metadata)
+        for t in header.tensors:
+            if t.info.name in entries:
+                raise CheckpointError(
+                    "the tensor appears in two shards",
+                    file=shard,
+                    tensor=t.info.name,
+                    hint="the shards come from different exports; re-download them",
+                )
+            entries[t.info.name] = FileTensor(t.info, i, t.start, t.end)
+    for name, shard_name in weight_map.items():
+        entry = entries.get(name)
+        if entry is None or files[entry.file].name != shard_name:
+            raise CheckpointError(
+                f"the index places this tensor in {shard_name} but that shard lacks it",
+                file=index,
+                tensor=name,
+                hint="the index and the shards do not match; re-download them",
+            )
+    return Checkpoint(
+        shown_path, "safetensors (sharded)", files, entries, config=config, metadata=metadata
+    )

@@ -1,0 +1,188 @@
+"""The writer's promises: atomic publish, no leftovers on failure, inputs never touched."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import torch
+from checkpoint_fixtures import files_under
+
+from core.checkpoints import CheckpointWriter, TensorInfo, open_checkpoint, save_state_dict
+from core.errors import OutputError
+
+STATE = {"a": torch.arange(4.0), "b": torch.ones(2, 3), "c": torch.tensor([1, 2, 3])}
+PLAN = [TensorInfo.of_tensor(k, v) for k, v in STATE.items()]
+
+
+def write_all(writer, upto=None):
+    for k, v in list(STATE.items())[:upto]:
+        writer.write(k, v)
+
+
+def test_nothing_is_visible_before_commit(tmp_path):
+    out = tmp_path / "m.safetensors"
+    with CheckpointWriter(out, PLAN) as w:
+        write_all(w)
+        assert not out.exists()
+        assert len(files_under(tmp_path)) == 1  # one hidden temporary file
+        assert w.commit() == [out]
+    assert files_under(tmp_path) == ["m.safetensors"]
+
+
+@pytest.mark.parametrize("out_name", ["m.safetensors", "folder"])
+def test_exception_inside_the_block_leaves_nothing(tmp_path, out_name):
+    shard_size = None if out_name.endswith(".safetensors") else 20
+    with (
+        pytest.raises(KeyError),
+        CheckpointWriter(tmp_path / out_name, PLAN, shard_size=shard_size) as w,
+    ):
+        write_all(w, 2)
+        raise KeyError("boom")
+    assert files_under(tmp_path) == []
+
+
+def test_leaving_the_block_without_commit_leaves_nothing(tmp_path):
+    with CheckpointWriter(tmp_path / "o", PLAN) as w:
+        write_all(w)
+    assert files_under(tmp_path) == []
+
+
+def test_abort_is_idempotent_and_ends_the_writer(tmp_path):
+    w = CheckpointWriter(tmp_path / "o", PLAN)
+    w.write("a", STATE["a"])
+    w.abort()
+    w.abort()
+    assert files_under(tmp_path) == []
+    with pytest.raises(RuntimeError):
+        w.write("b", STATE["b"])
+
+
+def test_missing_parent_folders_are_created_and_removed_on_abort(tmp_path):
+    out = tmp_path / "x" / "y" / "m.safetensors"
+    with CheckpointWriter(out, PLAN) as w:
+        write_all(w, 1)
+    assert files_under(tmp_path) == []
+    save_state_dict(STATE, out)
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("out_name", ["m.safetensors", "folder"])
+def test_disk_full_leaves_nothing_and_says_what_to_do(tmp_path, out_name):
+    w = CheckpointWriter(tmp_path / out_name, PLAN)
+
+    def full_disk(path, offset):
+        if offset > 100:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    w.fault_hook = full_disk
+    with pytest.raises(OutputError) as err:
+        write_all(w)
+    assert "disk is full" in str(err.value) and "free some space" in str(err.value)
+    assert out_name in str(err.value)
+    assert files_under(tmp_path) == []
+
+
+def test_permission_error_becomes_an_output_error(tmp_path):
+    w = CheckpointWriter(tmp_path / "m.safetensors", PLAN)
+
+    def denied(path, offset):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    w.fault_hook = denied
+    with pytest.raises(OutputError, match="permission denied"):
+        write_all(w)
+    assert files_under(tmp_path) == []
+
+
+def test_parent_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        save_state_dict(STATE, tmp_path / "afile" / "out" / "m.safetensors")
+    assert files_under(tmp_path) == ["afile"]
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path):
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"precious")
+    with pytest.raises(OutputError, match="already exists"):
+        save_state_dict(STATE, out)
+    assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("out_name", ["m.safetensors", "folder"])
+def test_overwrite_replaces_file_or_folder(tmp_path, out_name):
+    out = tmp_path / out_name
+    save_state_dict({"old": torch.zeros(1)}, out, extra_files=None)
+    save_state_dict(STATE, out, overwrite=True)
+    with open_checkpoint(out) as ck:
+        assert ck.keys() == list(STATE)
+    assert all(not n.startswith(".") for n in files_under(tmp_path))
+
+
+def test_overwrite_replaces_a_sharded_folder_with_a_single_one(tmp_path):
+    out = tmp_path / "o"
+    save_state_dict(STATE, out, shard_size=10)
+    save_state_dict(STATE, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]
+
+
+def test_inputs_are_never_overwritten(tmp_path):
+    model = tmp_path / "in" / "model.safetensors"
+    save_state_dict(STATE, model)
+    before = model.read_bytes()
+    for out in (model, tmp_path / "in", tmp_path, tmp_path / "in" / "merged"):
+        with pytest.raises(OutputError, match="input"):
+            save_state_dict(STATE, out, protect=[model.parent], overwrite=True)
+    with pytest.raises(OutputError, match="input"):
+        save_state_dict(STATE, model, protect=[model], overwrite=True)
+    assert model.read_bytes() == before
+
+
+def test_a_symlink_to_an_input_is_recognised(tmp_path):
+    model = tmp_path / "model.safetensors"
+    save_state_dict(STATE, model)
+    (tmp_path / "alias.safetensors").symlink_to(model)
+    with pytest.raises(OutputError, match="one of the input"):
+        save_state_dict(STATE, tmp_path / "alias.safetensors", protect=[model], overwrite=True)
+
+
+def test_sharding_a_single_file_output_is_refused_with_advice(tmp_path):
+    with pytest.raises(OutputError, match="give a folder"):
+        CheckpointWriter(tmp_path / "m.safetensors", PLAN, shard_size=20)
+    assert files_under(tmp_path) == []
+
+
+def test_write_checks_order_shape_and_dtype(tmp_path):
+    with CheckpointWriter(tmp_path / "o", PLAN) as w:
+        with pytest.raises(ValueError, match="expected tensor 'a'"):
+            w.write("b", STATE["b"])
+        with pytest.raises(ValueError, match="plan says"):
+            w.write("a", STATE["a"].double())
+    with CheckpointWriter(tmp_path / "o", PLAN) as w:
+        w.write("a", STATE["a"])
+        with pytest.raises(ValueError, match="before all tensors"):
+            w.commit()
+    assert files_under(tmp_path) == []
+
+
+def test_non_contiguous_tensors_are_written_in_logical_order(tmp_path):
+    t = torch.arange(6.0).reshape(2, 3).t()
+    save_state_dict({"t": t}, tmp_path / "m.safetensors")
+    with open_checkpoint(tmp_path / "m.safetensors") as ck:
+        assert torch.equal(ck.get("t"), t)
+
+
+def test_extra_files_land_in_the_folder(tmp_path):
+    files = save_state_dict(
+        STATE, tmp_path / "o", extra_files={"config.json": b"{}", "README.md": b"# hi"}
+    )
+    assert [f.name for f in files] == ["model.safetensors", "config.json", "README.md"]
+    assert (tmp_path / "o" / "README.md").read_bytes() == b"# hi"
+    with pytest.raises(ValueError):
+        save_state_dict(STATE, tmp_path / "p", extra_files={"../escape": b""})
+
+
+def test_metadata_must_be_strings(tmp_path):
+    with pytest.raises(TypeError):
+        CheckpointWriter(tmp_path / "o", PLAN, metadata={"n": 3})
