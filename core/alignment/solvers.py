@@ -3,7 +3,7 @@
 Weight and activation matching reduce to "pick the permutation that maximizes
 Σ_i score[i, perm[i]]". `solve_assignment` answers that with scipy's Jonker-Volgenant
 (exact, float64, releases the GIL so a GUI thread stays alive) or, on CUDA, with our
-ε-scaling auction (`core.alignment.auction`), which also runs on CPU torch so it is tested.
+ε-scaling auction (`auction_assignment`), which also runs on CPU torch so it is tested.
 
 Warm starts: coordinate descent solves a slowly changing cost matrix again and again.
 `solve_assignment_warm` returns column prices (the LP dual of the columns) beside the
@@ -99,14 +99,11 @@ def solve_assignment_warm(
             f"the auction solver needs a square score matrix, got {n}x{m}",
             hint="use solver 'scipy' for rectangular problems",
         )
-    from core.alignment.auction import auction_assignment
-
     dev = "cuda" if name == "auction-cuda" else "cpu"
     t = torch.as_tensor(score).to(device=dev, dtype=torch.float64)
     if not maximize:
         t = -t
-    perm, new_prices = auction_assignment(t, prices=prices)
-    return perm, new_prices
+    return auction_assignment(t, prices=prices)
 
 
 def _check_shape(score: torch.Tensor | np.ndarray) -> tuple[int, int]:
@@ -176,3 +173,117 @@ def _repair_potentials(red: np.ndarray, perm: np.ndarray) -> np.ndarray:
         d = np.where(improved, best, d)
         active = np.nonzero(improved)[0]
     return d
+
+
+# -- ε-scaling auction (Bertsekas), vectorized in torch ---------------------------------
+# Integer benefits scaled by (n + 1) make a final ε = 1 equivalent to ε < 1/n, at which an
+# ε-complementary-slack assignment is optimal. Float scores are first quantized to
+# integers (2**_AUCTION_BITS levels); the quantized optimum is then made exact for the
+# float scores by scipy started from the auction's prices (cheap: nearly reduced).
+_AUCTION_BITS = 24
+_EPS_FACTOR = 6.0
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def auction_assignment(
+    score: torch.Tensor, *, prices: np.ndarray | None = None, exact: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maximize Σ score[i, perm[i]] for a square float64 tensor on any device.
+
+    Returns (perm, column prices in score units). With `exact`, float scores get a final
+    scipy repair; integer-valued scores of modest range are exact without it.
+    """
+    n = score.shape[0]
+    if n == 1:
+        return np.zeros(1, dtype=np.int64), np.zeros(1)
+    if not bool(torch.isfinite(score).all()):
+        raise MergerError(
+            "the assignment score contains NaN or infinite values",
+            hint="check the models for NaN/inf weights",
+        )
+    benefit, unit, integral = _integer_benefits(score)
+    start = None
+    if prices is not None and len(prices) == n:
+        start = torch.as_tensor(prices, dtype=torch.float64, device=score.device) / unit
+    assign, price = _auction(benefit, start)
+    perm = assign.cpu().numpy().astype(np.int64)
+    col_prices = (price * unit).cpu().numpy()
+    if exact and not integral:
+        perm, col_prices = _scipy_warm(score.cpu().numpy(), col_prices)
+    return perm, col_prices
+
+
+def _integer_benefits(score: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
+    """Integer benefits times (n + 1), score units per benefit unit, and whether exact."""
+    n = score.shape[0]
+    shifted = score - score.min()
+    span = float(shifted.max())
+    if span == 0.0:
+        return torch.zeros_like(score), 1.0, True
+    integral = bool((score == torch.round(score)).all()) and span <= 2**_AUCTION_BITS
+    step = 1.0 if integral else span / 2**_AUCTION_BITS  # score units per integer level
+    levels = shifted if integral else torch.round(shifted / step)
+    return levels * (n + 1), step / (n + 1), integral
+
+
+def _auction(
+    benefit: torch.Tensor, prices: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward auction with ε-scaling down to ε = 1 on integer benefits."""
+    n = benefit.shape[0]
+    dev = benefit.device
+    price = torch.zeros(n, dtype=torch.float64, device=dev) if prices is None else prices.clone()
+    assign = torch.full((n,), -1, dtype=torch.long, device=dev)
+    owner = torch.full((n,), -1, dtype=torch.long, device=dev)
+    span = float(benefit.max() - benefit.min())
+    eps = max(1.0, span / (_EPS_FACTOR if prices is None else _EPS_FACTOR**3))
+    while True:
+        _drop_unhappy(benefit, price, assign, owner, eps)
+        while True:
+            free = torch.nonzero(assign < 0).flatten()
+            if len(free) == 0:
+                break
+            _bid_round(benefit, price, assign, owner, free, eps)
+        if eps <= 1.0:
+            return assign, price
+        eps = max(1.0, eps / _EPS_FACTOR)
+
+
+def _drop_unhappy(benefit, price, assign, owner, eps: float) -> None:
+    """Unassign rows whose object is no longer within ε of their best (ε-CS)."""
+    held = assign >= 0
+    if not bool(held.any()):
+        return
+    rows = torch.nonzero(held).flatten()
+    best = torch.cat([(benefit[c] - price).max(dim=1).values for c in _chunks(rows, len(price))])
+    mine = benefit[rows, assign[rows]] - price[assign[rows]]
+    bad = rows[mine < best - eps]
+    owner[assign[bad]] = -1
+    assign[bad] = -1
+
+
+def _bid_round(benefit, price, assign, owner, free: torch.Tensor, eps: float) -> None:
+    """Every free row bids for its best object; each object goes to its highest bid."""
+    n = len(price)
+    objs, bids = [], []
+    for rows in _chunks(free, n):
+        top = (benefit[rows] - price).topk(2, dim=1)
+        objs.append(top.indices[:, 0])
+        bids.append(price[top.indices[:, 0]] + (top.values[:, 0] - top.values[:, 1]) + eps)
+    obj, bid = torch.cat(objs), torch.cat(bids)
+    best = torch.full((n,), -torch.inf, dtype=bid.dtype, device=bid.device)
+    best.scatter_reduce_(0, obj, bid, reduce="amax")
+    top_bidder = bid >= best[obj]
+    winner = torch.full((n,), -1, dtype=torch.long, device=bid.device)
+    winner.scatter_reduce_(0, obj[top_bidder], free[top_bidder], reduce="amax")
+    won = torch.nonzero(winner >= 0).flatten()
+    losers = owner[won]
+    assign[losers[losers >= 0]] = -1
+    owner[won] = winner[won]
+    assign[winner[won]] = won
+    price[won] = best[won]
+
+
+def _chunks(rows: torch.Tensor, width: int) -> list[torch.Tensor]:
+    step = max(1, _CHUNK_ELEMENTS // max(1, width))
+    return [rows[i : i + step] for i in range(0, len(rows), step)]

@@ -104,3 +104,65 @@ def test_solver_choice():
         assert pick_solver(100_000, "auto") == "scipy"
         with pytest.raises(MergerError, match="CUDA"):
             pick_solver(10, "cuda")
+
+
+def scipy_best(score: np.ndarray) -> float:
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    return float(score[rows, cols].sum())
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("n", [2, 3, 17, 120])
+def test_auction_is_exact_on_integer_scores_without_repair(seed, n):
+    from core.alignment.solvers import auction_assignment
+
+    score = np.random.default_rng(seed).integers(-40, 40, size=(n, n)).astype(np.float64)
+    perm, _ = auction_assignment(torch.tensor(score), exact=False)
+    assert_is_permutation(perm, n)
+    assert total(score, perm) == scipy_best(score)
+
+
+@pytest.mark.parametrize(
+    "kind", ["gaussian", "low_rank_similarity", "planted", "ties", "negative", "huge_range"]
+)
+def test_auction_matches_scipy_on_structured_float_scores(kind):
+    rng = np.random.default_rng(5)
+    n = 90
+    if kind == "gaussian":
+        score = rng.normal(size=(n, n))
+    elif kind == "low_rank_similarity":
+        score = rng.normal(size=(n, 8)) @ rng.normal(size=(n, 8)).T
+    elif kind == "planted":
+        score = rng.normal(size=(n, n)) * 0.1
+        score[np.arange(n), rng.permutation(n)] += 1.0
+    elif kind == "ties":
+        score = np.repeat(rng.integers(0, 3, size=(n, 1)), n, axis=1).astype(float)
+        score[:, : n // 2] += 1.0  # many equal optima
+    elif kind == "negative":
+        score = -np.abs(rng.normal(size=(n, n))) - 1e6
+    else:
+        score = rng.normal(size=(n, n)) * np.logspace(-6, 6, n)[None, :]
+    perm = solve_assignment(score, solver="auction")
+    assert_is_permutation(perm, n)
+    assert total(score, perm) == pytest.approx(scipy_best(score), rel=1e-12, abs=1e-9)
+    minimized = solve_assignment(score, solver="auction", maximize=False)
+    assert total(score, minimized) == pytest.approx(-scipy_best(-score), rel=1e-12, abs=1e-9)
+
+
+def test_auction_small_sizes_warm_start_and_errors():
+    assert solve_assignment(np.array([[2.5]]), solver="auction").tolist() == [0]
+    assert solve_assignment(np.array([[0.0, 1.0], [1.0, 0.0]]), solver="auction").tolist() == [1, 0]
+    rng = np.random.default_rng(3)
+    score = rng.normal(size=(60, 60))
+    perm, prices = solve_assignment_warm(score, solver="auction")
+    again = solve_assignment(
+        score + 0.01 * rng.normal(size=(60, 60)), solver="auction", warm_start=prices
+    )
+    assert_is_permutation(again, 60)
+    assert total(score, perm) == pytest.approx(scipy_best(score))
+    with pytest.raises(MergerError, match="square"):
+        solve_assignment(np.zeros((2, 3)), solver="auction")
+    with pytest.raises(MergerError, match="NaN"):
+        solve_assignment(np.array([[np.inf, 1.0], [0.0, 1.0]]), solver="auction")
