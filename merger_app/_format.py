@@ -1,0 +1,73 @@
+"""Numbers for people: sizes, parameter counts, durations, dtype names.
+
+Kept out of the Qt modules so the table, status bar and progress panel say things the
+same way, and so the wording is tested without a display.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+_SIZE_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
+_COUNT_UNITS = ("", "K", "M", "B", "T")
+
+
+def human_bytes(n: int | float | None) -> str:
+    """1536 → '1.5 KB' (powers of 1024, as file managers show sizes)."""
+    if n is None:
+        return ""
+    n = float(n)
+    if n < 1024:
+        return f"{int(n)} B"
+    exp = min(int(math.log(n, 1024)), len(_SIZE_UNITS) - 1)
+    value = n / 1024**exp
+    return f"{value:.1f} {_SIZE_UNITS[exp]}" if value < 100 else f"{value:.0f} {_SIZE_UNITS[exp]}"
+
+
+def human_count(n: int | None) -> str:
+    """7_241_732_096 → '7.24B' (parameter counts, as model cards write them)."""
+    if n is None:
+        return ""
+    if n < 1000:
+        return str(int(n))
+    exp = min(int(math.log10(n) // 3), len(_COUNT_UNITS) - 1)
+    value = n / 1000**exp
+    digits = 2 if value < 10 else 1 if value < 100 else 0
+    return f"{value:.{digits}f}{_COUNT_UNITS[exp]}"
+
+
+def human_duration(seconds: float | None) -> str:
+    """75.4 → '1:15'; 3725 → '1:02:05'; None → '–'."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def remaining_seconds(elapsed: float, fraction: float) -> float | None:
+    """Linear estimate of the time left; None until there is enough progress to say."""
+    if fraction <= 0.01 or elapsed <= 0.0:
+        return None
+    return max(0.0, elapsed * (1.0 - fraction) / fraction)
+
+
+def dtype_name(dtype: Any) -> str:
+    """torch.float16 → 'float16' without importing torch here (its str starts 'torch.')."""
+    text = str(dtype)
+    return text.removeprefix("torch.")
+
+
+def format_value(value: Any) -> str:
+    """A parameter value as a table cell shows it: 0.5, true, or a compact list."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
+    return str(value)

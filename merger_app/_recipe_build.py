@@ -1,0 +1,180 @@
+"""Turn what the panels hold into a frozen `core.recipe.Recipe`, and back.
+
+The window snapshots a recipe before each merge (the worker never sees widgets), and
+Open Recipe fills the panels from one. Per-tensor values use mergekit's YAML forms,
+which `core.methods.params` resolves: a gradient `[0, 0.5, 1]` across layers, and a
+filtered list `[{filter: "attn", value: 0.3}, {value: 0.5}]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import RecipeError
+from core.methods.registry import MethodSpec
+from core.recipe import ModelEntry, Recipe
+from merger_app._model_rows import ModelRow, normalize_path
+
+
+@dataclass(frozen=True)
+class PerTensor:
+    """Overrides of one parameter: (name filter, value) rows tried first, then a gradient."""
+
+    filters: tuple[tuple[str, float], ...] = ()
+    gradient: tuple[float, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.filters and not self.gradient
+
+
+def parse_gradient(text: str, *, param: str = "value") -> tuple[float, ...]:
+    """'0, 0.5, 1' → (0.0, 0.5, 1.0); '' → (). A single number is no gradient."""
+    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise RecipeError(
+            f"the gradient of '{param}' must be numbers separated by commas, like 0, 0.5, 1; "
+            f"got '{text}'"
+        ) from None
+    if len(values) == 1:
+        raise RecipeError(
+            f"the gradient of '{param}' needs at least two numbers (first and last "
+            "layer); leave it empty to use one value everywhere"
+        )
+    return values
+
+
+def param_value(scalar: Any, per: PerTensor | None) -> Any:
+    """The recipe value for a parameter: a scalar, a gradient list or a filtered list."""
+    if per is None or per.empty:
+        return scalar
+    fallback: Any = list(per.gradient) if per.gradient else scalar
+    if not per.filters:
+        return fallback
+    entries: list[dict[str, Any]] = [{"filter": f, "value": v} for f, v in per.filters]
+    entries.append({"value": fallback})
+    return entries
+
+
+def split_value(value: Any, default: Any) -> tuple[Any, PerTensor]:
+    """Inverse of `param_value`: (the scalar for the form, the per-tensor overrides).
+
+    Forms the panels cannot show (a filter entry whose value is a gradient) raise
+    RecipeError so Open Recipe can say which parameter it could not display.
+    """
+    if not isinstance(value, list | tuple):
+        return value, PerTensor()
+    if all(isinstance(v, Mapping) for v in value):
+        filters: list[tuple[str, float]] = []
+        scalar, gradient = default, ()
+        for entry in value:
+            inner = entry.get("value")
+            if "filter" in entry:
+                if isinstance(inner, list | tuple):
+                    raise RecipeError("a filter entry with a gradient value cannot be shown")
+                filters.append((str(entry["filter"]), inner))
+            elif isinstance(inner, list | tuple):
+                gradient = tuple(float(v) for v in inner)
+            else:
+                scalar = inner
+        return scalar, PerTensor(tuple(filters), gradient)
+    gradient = tuple(float(v) for v in value)
+    return default, PerTensor((), gradient)
+
+
+def roles_for(spec: MethodSpec, rows: Sequence[ModelRow]) -> tuple[str | None, list[ModelRow]]:
+    """(base path, input rows) as this method will use them.
+
+    A method without a base model takes every loaded model as an input, the base
+    included, so loading the demo and switching to `linear` averages everything shown.
+    """
+    base = next((r for r in rows if r.role == "base"), None)
+    if not spec.needs.base:
+        return None, list(rows)
+    return (base.path if base else None), [r for r in rows if r.role != "base"]
+
+
+def build_recipe(
+    spec: MethodSpec,
+    rows: Sequence[ModelRow],
+    values: Mapping[str, Any],
+    per_tensor: Mapping[str, PerTensor],
+    *,
+    seed: int = 0,
+    out_dtype: str | None = None,
+    data: str | None = None,
+    arch: str | None = None,
+) -> Recipe:
+    """A recipe from the panels' state; per-model params come from each row's values."""
+    base, inputs = roles_for(spec, rows)
+    per_model = [p for p in spec.params if p.per_model]
+    models = tuple(
+        ModelEntry(r.path, {p.name: r.values.get(p.name, p.default) for p in per_model})
+        for r in inputs
+    )
+    params = {
+        p.name: param_value(values.get(p.name, p.default), per_tensor.get(p.name))
+        for p in spec.params
+        if not p.per_model
+    }
+    return Recipe(
+        merge_method=spec.name,
+        models=models,
+        base_model=base,
+        parameters=params,
+        out_dtype=out_dtype,
+        seed=seed,
+        data=data if spec.needs.data else None,
+        arch=arch if spec.needs.arch else None,
+    )
+
+
+def merge_blockers(
+    spec: MethodSpec, rows: Sequence[ModelRow], *, data: str | None, arch: str | None
+) -> list[str]:
+    """Why Merge cannot run yet, in the words the hint label shows; [] when it can."""
+    if not rows:
+        return ["Add models to merge: File ▸ Add Models (Ctrl+O) or drop files on the window."]
+    out = []
+    base, inputs = roles_for(spec, rows)
+    needs = spec.needs
+    if needs.base and base is None:
+        out.append(f"{spec.label} needs a base model: set one row's role to 'base'.")
+    if len(inputs) < needs.min_models:
+        out.append(
+            f"{spec.label} needs at least {needs.min_models} input model(s)"
+            + (" besides the base." if needs.base else ".")
+        )
+    if needs.max_models is not None and len(inputs) > needs.max_models:
+        out.append(
+            f"{spec.label} takes at most {needs.max_models} input model(s)"
+            + (" besides the base" if needs.base else "")
+            + f"; {len(inputs)} are loaded. Remove some or pick another method."
+        )
+    if needs.data and not data:
+        out.append(f"{spec.label} needs evaluation data: choose 'digits' or a .npz file.")
+    if needs.arch and not arch:
+        out.append(f"{spec.label} needs the architecture: pick a family or a .py:factory.")
+    out.extend(f"{r.name} cannot be merged: {r.problem}" for r in rows if r.problem)
+    return out
+
+
+def rows_from_recipe(recipe: Recipe, spec: MethodSpec) -> list[tuple[str, str, dict[str, Any]]]:
+    """(path, role, per-model values) for each model a recipe names, base first."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    base = normalize_path(recipe.base_model) if recipe.base_model else None
+    if base:
+        out.append((base, "base", {}))
+    per_model = {p.name for p in spec.params if p.per_model}
+    for entry in recipe.models:
+        path = normalize_path(entry.model)
+        vals = {k: v for k, v in entry.parameters.items() if k in per_model}
+        if path == base:
+            out[0] = (path, "base", vals)  # mergekit lists the base among models too
+            continue
+        out.append((path, "input", vals))
+    return out

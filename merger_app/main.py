@@ -1,0 +1,122 @@
+"""`merger-app`: open the window; `--demo` loads the demo models; `--screenshot FILE` grabs it.
+
+`--screenshot` renders offscreen (no display needed), waits until loading has finished,
+writes a PNG of the window at `--size` and exits 0; any failure exits 1 with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+SCREENSHOT_DELAY_MS = 300
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="merger-app",
+        description="Merge neural-network checkpoints in a desktop window.",
+    )
+    parser.add_argument("paths", nargs="*", help="checkpoints to add, or a recipe (.yaml) to open")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="load the demo models (made on first use, in a cache folder)",
+    )
+    parser.add_argument(
+        "--screenshot",
+        metavar="FILE",
+        help="render the window offscreen to FILE (PNG) after loading, then exit",
+    )
+    parser.add_argument(
+        "--size",
+        default="1280x800",
+        metavar="WxH",
+        help="window size for --screenshot (default 1280x800)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size must look like 1280x800, not {args.size!r}")
+    args.width, args.height = w, h
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.screenshot:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    try:
+        from PySide6.QtWidgets import QApplication
+    except ImportError:
+        print(
+            "merger-app needs PySide6: pip install PySide6-Essentials. "
+            "The command line works without it: merger --help",
+            file=sys.stderr,
+        )
+        return 1
+    from merger_app.qt_main_window import QtMainWindow
+
+    app = QApplication.instance() or QApplication([sys.argv[0]])
+    app.setApplicationName("Merger")
+    app.setOrganizationName("Merger")
+    app.setStyle("Fusion")  # native-looking everywhere; the palette stays the platform's
+    window = QtMainWindow()
+    if args.screenshot:
+        window.resize(args.width, args.height)
+    window.show()
+    status = {"code": 0}
+    if args.screenshot:
+        _arm_screenshot(app, window, Path(args.screenshot), status, wait_demo=args.demo)
+    if args.demo:
+        window.load_demo()
+    _open_paths(window, args.paths)
+    code = app.exec()
+    return status["code"] or code
+
+
+def _open_paths(window, paths: list[str]) -> None:
+    recipes = [p for p in paths if p.lower().endswith((".yaml", ".yml"))]
+    if recipes:
+        window.open_recipe(recipes[0])
+    models = [p for p in paths if p not in recipes]
+    if models:
+        window.add_models(models)
+
+
+def _arm_screenshot(app, window, out: Path, status: dict, *, wait_demo: bool) -> None:
+    """Grab the window once loading is done (or failed), write the PNG and quit."""
+    from PySide6.QtCore import QTimer
+
+    def grab() -> None:
+        if window.runner.running:  # still loading: look again shortly
+            QTimer.singleShot(SCREENSHOT_DELAY_MS, grab)
+            return
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pixmap = window.grab()
+        if pixmap.isNull() or not pixmap.save(str(out), "PNG"):
+            print(f"merger-app: could not write the screenshot {out}", file=sys.stderr)
+            status["code"] = 1
+        else:
+            print(f"wrote {out} ({pixmap.width()}×{pixmap.height()})")
+        window.saved = True  # a screenshot run never asks about unsaved merges
+        window.close()
+        app.exit(status["code"])
+
+    def failed(name: str, message: str, _details: str) -> None:
+        print(f"merger-app: {name} failed: {message}", file=sys.stderr)
+        status["code"] = 1
+
+    window.runner.failed.connect(failed)
+    if wait_demo:
+        window.demo_loaded.connect(lambda: QTimer.singleShot(SCREENSHOT_DELAY_MS, grab))
+        window.runner.failed.connect(lambda *_: QTimer.singleShot(0, grab))
+    else:
+        QTimer.singleShot(SCREENSHOT_DELAY_MS, grab)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

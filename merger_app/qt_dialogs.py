@@ -1,0 +1,182 @@
+"""The dialogs: errors with folded details, Save (path, format, dtype, shard size), unsaved prompt.
+
+Error boxes are opened window-modal with `open()`, not `exec()`, so a failing job never
+blocks the event loop (and tests can inspect and close the box).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.errors import MergerError, OutputError
+from core.recipe import DTYPES
+
+FILE_FORMAT = "safetensors file"
+FOLDER_FORMAT = "Hugging Face-style folder"
+KEEP_DTYPE = "Keep (as merged)"
+
+
+def show_error(parent: QWidget, title: str, message: str, details: str = "") -> QMessageBox:
+    """A warning box with the message; the traceback goes under 'Show Details…'."""
+    box = QMessageBox(
+        QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, parent
+    )
+    box.setObjectName("errorBox")
+    if details:
+        box.setDetailedText(details)
+    box.open()
+    return box
+
+
+def ask_unsaved(parent: QWidget) -> str:
+    """'save', 'discard' or 'cancel' for a merged model that was not saved."""
+    answer = QMessageBox.question(
+        parent,
+        "Unsaved merge",
+        "The merged model has not been saved. Save it before closing?",
+        QMessageBox.StandardButton.Save
+        | QMessageBox.StandardButton.Discard
+        | QMessageBox.StandardButton.Cancel,
+        QMessageBox.StandardButton.Save,
+    )
+    if answer == QMessageBox.StandardButton.Save:
+        return "save"
+    if answer == QMessageBox.StandardButton.Discard:
+        return "discard"
+    return "cancel"
+
+
+@dataclass(frozen=True)
+class SaveOptions:
+    """Where and how to write the merged model."""
+
+    path: Path
+    dtype: str | None = None
+    shard_size: int | None = None
+
+
+def normalize_save_path(text: str, fmt: str) -> Path:
+    """A file path ends in .safetensors; a folder path does not (the writer decides by it)."""
+    path = Path(text.strip()).expanduser()
+    if fmt == FILE_FORMAT and path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    if fmt == FOLDER_FORMAT and path.suffix == ".safetensors":
+        path = path.with_suffix("")
+    return path
+
+
+def save_options(path_text: str, fmt: str, dtype_text: str, shard_text: str) -> SaveOptions:
+    """Validate the dialog's fields; MergerError saying which field is wrong."""
+    from core.checkpoints import parse_size
+
+    if not path_text.strip():
+        raise OutputError("choose where to save the merged model")
+    path = normalize_save_path(path_text, fmt)
+    shard = None
+    if shard_text.strip():
+        try:
+            shard = parse_size(shard_text.strip())
+        except (MergerError, ValueError) as exc:
+            raise OutputError(
+                f"shard size: {exc}", hint="write a size such as 2GB or 500MB, or leave it empty"
+            ) from None
+        if fmt == FILE_FORMAT:
+            raise OutputError(
+                "a single .safetensors file cannot be split into shards",
+                hint=f"choose '{FOLDER_FORMAT}' or leave the shard size empty",
+            )
+    dtype = None if dtype_text == KEEP_DTYPE else dtype_text
+    return SaveOptions(path, dtype, shard)
+
+
+class QtSaveDialog(QDialog):
+    """Asks for path, format, dtype and shard size; `options` is set when accepted."""
+
+    def __init__(self, parent: QWidget | None, suggested: Path) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Save merged model")
+        self.options: SaveOptions | None = None
+        self.path = QLineEdit(str(suggested), self)
+        browse = QPushButton("Browse…", self)
+        browse.clicked.connect(self._browse)
+        self.format = QComboBox(self)
+        self.format.addItems([FILE_FORMAT, FOLDER_FORMAT])
+        self.format.setToolTip(
+            "One .safetensors file, or a folder with model.safetensors (or "
+            "shards and an index), config.json and the recipe"
+        )
+        self.dtype = QComboBox(self)
+        self.dtype.addItems([KEEP_DTYPE, *DTYPES])
+        self.shard = QLineEdit(self)
+        self.shard.setPlaceholderText("e.g. 5GB (folder only; empty = one file)")
+        self.error = QLabel(self)
+        self.error.setWordWrap(True)
+        self.error.hide()
+        self.format.currentTextChanged.connect(self._format_changed)
+
+        row = QHBoxLayout()
+        row.addWidget(self.path, 1)
+        row.addWidget(browse)
+        form = QFormLayout()
+        form.addRow("Save to:", row)
+        form.addRow("Format:", self.format)
+        form.addRow("Dtype:", self.dtype)
+        form.addRow("Shard size:", self.shard)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel, self
+        )
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.error)
+        layout.addWidget(buttons)
+        self.resize(560, self.sizeHint().height())
+
+    def _format_changed(self, fmt: str) -> None:
+        self.path.setText(str(normalize_save_path(self.path.text(), fmt)))
+        self.shard.setEnabled(fmt == FOLDER_FORMAT)
+
+    def _browse(self) -> None:
+        if self.format.currentText() == FILE_FORMAT:
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Save merged model", self.path.text(), "safetensors (*.safetensors)"
+            )
+        else:
+            path = QFileDialog.getExistingDirectory(
+                self, "Parent folder", str(Path(self.path.text()).parent)
+            )
+            if path:
+                path = str(Path(path) / Path(self.path.text()).name)
+        if path:
+            self.path.setText(path)
+
+    def accept(self) -> None:
+        try:
+            self.options = save_options(
+                self.path.text(),
+                self.format.currentText(),
+                self.dtype.currentText(),
+                self.shard.text(),
+            )
+        except MergerError as exc:
+            self.error.setText(f"⚠ {exc}")
+            self.error.show()
+            return
+        super().accept()

@@ -1,0 +1,109 @@
+"""Progress of the running job (bar, step, elapsed and remaining time), Cancel, and the log.
+
+The panel only shows what the job runner relays; it owns no job. Remaining time is a
+linear estimate from elapsed time and the fraction done, shown once there is enough
+progress to make it mean something.
+"""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtGui import QFontDatabase, QTextCursor
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from merger_app._format import human_duration, remaining_seconds
+
+_STEPS = 1000
+
+
+class QtJobPanel(QWidget):
+    """Bar + step + times + Cancel over a read-only log pane."""
+
+    cancel_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bar = QProgressBar(self)
+        self.bar.setRange(0, _STEPS)
+        self.bar.setValue(0)
+        self.bar.setTextVisible(True)
+        self.step = QLabel("Ready.", self)
+        self.times = QLabel("", self)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.setToolTip("Stop the running job (Esc); nothing is left behind")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel_requested)
+        self.log = QPlainTextEdit(self)
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(5000)
+        self.log.setObjectName("logPane")
+        self.log.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.log.setPlaceholderText("Messages from merges and saves appear here.")
+
+        row = QHBoxLayout()
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.cancel_button)
+        info = QHBoxLayout()
+        info.addWidget(self.step, 1)
+        info.addWidget(self.times)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addLayout(info)
+        layout.addWidget(self.log, 1)
+
+        self._started = 0.0
+        self._fraction = 0.0
+        self._timer = QTimer(self)
+        self._timer.setInterval(1000)
+        self._timer.timeout.connect(self._show_times)
+
+    def start(self, title: str) -> None:
+        self._started = time.monotonic()
+        self._fraction = 0.0
+        self.bar.setValue(0)
+        self.step.setText(f"{title}…")
+        self.cancel_button.setEnabled(True)
+        self.append(f"— {title} —")
+        self._show_times()
+        self._timer.start()
+
+    def on_progress(self, done: float, total: float, message: str) -> None:
+        self._fraction = 0.0 if total <= 0 else min(1.0, max(0.0, done / total))
+        self.bar.setValue(round(self._fraction * _STEPS))
+        if message:
+            self.step.setText(message)
+        self._show_times()
+
+    def finish(self, text: str, *, complete: bool) -> None:
+        """Stop the clock and say how the job ended."""
+        self._timer.stop()
+        if complete:
+            self.bar.setValue(_STEPS)
+        elapsed = time.monotonic() - self._started
+        self.step.setText(text)
+        self.times.setText(f"took {human_duration(elapsed)}")
+        self.cancel_button.setEnabled(False)
+        self.append(f"{text} ({human_duration(elapsed)})")
+
+    def append(self, line: str) -> None:
+        self.log.appendPlainText(line)
+        self.log.moveCursor(QTextCursor.MoveOperation.End)
+
+    def _show_times(self) -> None:
+        elapsed = time.monotonic() - self._started
+        left = remaining_seconds(elapsed, self._fraction)
+        text = f"elapsed {human_duration(elapsed)}"
+        if left is not None:
+            text += f" · about {human_duration(left)} left"
+        self.times.setText(text)

@@ -1,0 +1,263 @@
+"""The method panel: pick a method, see what it does and needs, set its parameters.
+
+Everything here is generated from `core.methods.REGISTRY`: the combo lists the methods,
+the form shows the global parameters (per-model ones are columns of the models table),
+and the data / architecture / seed fields appear only for methods that use them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.methods import REGISTRY
+from core.methods.registry import MethodSpec
+from core.recipe import DTYPES, Recipe
+from merger_app._recipe_build import PerTensor, split_value
+from merger_app.qt_param_form import QtParamForm
+from merger_app.qt_per_tensor import QtPerTensorEditor
+
+AUTO_ARCH = "Detect from the checkpoint"
+SAME_DTYPE = "Same as the inputs"
+
+
+def is_random(spec: MethodSpec) -> bool:
+    """Does the method draw random numbers (so the seed matters)?
+
+    Uses `spec.random` when core provides it; until then the description, which core
+    writes to say "Seeded by the recipe's seed" for such methods.
+    """
+    flag = getattr(spec, "random", None)
+    if flag is not None:
+        return bool(flag)
+    return "seed" in spec.description.lower()
+
+
+def needs_text(spec: MethodSpec) -> str:
+    """'Needs: a base model, 1 or more input models.' in plain words."""
+    n = spec.needs
+    parts = []
+    if n.base:
+        parts.append("a base model")
+    if n.max_models is None:
+        parts.append(f"{n.min_models} or more input models")
+    elif n.max_models == n.min_models:
+        parts.append(f"exactly {n.min_models} input model" + ("s" if n.min_models > 1 else ""))
+    else:
+        parts.append(f"{n.min_models} to {n.max_models} input models")
+    if n.data:
+        parts.append("evaluation data")
+    if n.arch:
+        parts.append("the architecture")
+    return "Needs: " + ", ".join(parts) + "."
+
+
+def architecture_choices() -> list[str]:
+    """Built-in family names with their options, e.g. mlp, mlp:gelu, vgg."""
+    try:
+        from core.architectures import FAMILIES
+    except ImportError:  # families are optional to the form; the custom picker still works
+        return []
+    out = []
+    for name, family in FAMILIES.items():
+        options = tuple(getattr(family, "options", ()) or ())
+        out.append(name)
+        out.extend(f"{name}:{o}" for o in options[1:])
+    return out
+
+
+class QtMethodPanel(QWidget):
+    """Method combo, description, needs, parameter form, per-layer values, outputs."""
+
+    method_changed = Signal(object)  # the new MethodSpec
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.combo = QComboBox(self)
+        self.combo.setObjectName("methodCombo")
+        for spec in REGISTRY:
+            self.combo.addItem(spec.label, spec.name)
+            self.combo.setItemData(
+                self.combo.count() - 1, spec.description, Qt.ItemDataRole.ToolTipRole
+            )
+        self.description = QLabel(self)
+        self.description.setWordWrap(True)
+        self.description.setOpenExternalLinks(True)
+        self.description.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        self.needs = QLabel(self)
+        self.needs.setWordWrap(True)
+        self.form = QtParamForm(self)
+        self.reset_button = QPushButton("Reset to defaults", self)
+        self.reset_button.setToolTip("Set every parameter of this method back to its default")
+        self.per_tensor = QtPerTensorEditor(self)
+
+        self.data_combo = QComboBox(self)
+        self.data_combo.setEditable(True)
+        self.data_combo.addItems(["digits"])
+        self.data_combo.setToolTip(
+            "Evaluation data: 'digits' (built in) or a .npz file with arrays x and y"
+        )
+        self.data_browse = QPushButton("Browse…", self)
+        self.arch_combo = QComboBox(self)
+        self.arch_combo.setEditable(True)
+        self.arch_combo.addItems([AUTO_ARCH, *architecture_choices()])
+        self.arch_combo.setToolTip("A built-in family, or path/to/model.py:factory for your own")
+        self.arch_browse = QPushButton("Browse…", self)
+        self.seed = QSpinBox(self)
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setToolTip("Random methods give the same result for the same seed")
+        self.out_dtype = QComboBox(self)
+        self.out_dtype.addItems([SAME_DTYPE, *DTYPES])
+        self.out_dtype.setToolTip(
+            "Dtype of the merged tensors (the merge itself computes in float32 or better)"
+        )
+
+        self._build_layout()
+        self.combo.currentIndexChanged.connect(self._on_method)
+        self.form.changed.connect(self.changed)
+        self.per_tensor.changed.connect(self.changed)
+        self.reset_button.clicked.connect(self.reset)
+        for w in (self.data_combo, self.arch_combo, self.out_dtype):
+            w.currentTextChanged.connect(self.changed)
+        self.seed.valueChanged.connect(self.changed)
+        self.data_browse.clicked.connect(self._browse_data)
+        self.arch_browse.clicked.connect(self._browse_arch)
+        self._on_method()
+
+    def _build_layout(self) -> None:
+        top = QHBoxLayout()
+        top.addWidget(QLabel("<b>Method</b>", self))
+        top.addWidget(self.combo, 1)
+        self.extras = QFormLayout()
+        data_row = QHBoxLayout()
+        data_row.addWidget(self.data_combo, 1)
+        data_row.addWidget(self.data_browse)
+        arch_row = QHBoxLayout()
+        arch_row.addWidget(self.arch_combo, 1)
+        arch_row.addWidget(self.arch_browse)
+        self._data_label = QLabel("Data:", self)
+        self._arch_label = QLabel("Architecture:", self)
+        self._seed_label = QLabel("Seed:", self)
+        self.extras.addRow(self._data_label, data_row)
+        self.extras.addRow(self._arch_label, arch_row)
+        self.extras.addRow(self._seed_label, self.seed)
+        self.extras.addRow(QLabel("Output dtype:", self), self.out_dtype)
+        self._data_row, self._arch_row = data_row, arch_row
+        reset_row = QHBoxLayout()
+        reset_row.addStretch(1)
+        reset_row.addWidget(self.reset_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(top)
+        layout.addWidget(self.description)
+        layout.addWidget(self.needs)
+        layout.addWidget(self.form)
+        layout.addLayout(reset_row)
+        layout.addWidget(self.per_tensor)
+        layout.addLayout(self.extras)
+        layout.addStretch(1)
+
+    # -- state --------------------------------------------------------------------------
+    def spec(self) -> MethodSpec:
+        return REGISTRY.get(self.combo.currentData())
+
+    def set_method(self, name: str) -> None:
+        """Select a method by name or alias (RecipeError for an unknown one)."""
+        spec = REGISTRY.get(name)
+        self.combo.setCurrentIndex(self.combo.findData(spec.name))
+
+    def values(self) -> dict[str, Any]:
+        return self.form.values()
+
+    def per_tensor_values(self) -> dict[str, PerTensor]:
+        return self.per_tensor.values()
+
+    def data(self) -> str | None:
+        text = self.data_combo.currentText().strip()
+        return text or None
+
+    def arch(self) -> str | None:
+        text = self.arch_combo.currentText().strip()
+        return None if not text or text == AUTO_ARCH else text
+
+    def seed_value(self) -> int:
+        return self.seed.value()
+
+    def out_dtype_value(self) -> str | None:
+        text = self.out_dtype.currentText()
+        return None if text == SAME_DTYPE else text
+
+    def reset(self) -> None:
+        self.form.reset()
+        self.per_tensor.clear()
+        self.changed.emit()
+
+    def apply_recipe(self, recipe: Recipe) -> list[str]:
+        """Show a recipe's method and global settings; returns what could not be shown."""
+        self.set_method(recipe.merge_method)
+        spec = self.spec()
+        scalars: dict[str, Any] = {}
+        per: dict[str, PerTensor] = {}
+        problems = []
+        for p in spec.params:
+            if p.per_model or p.name not in recipe.parameters:
+                continue
+            try:
+                scalars[p.name], per[p.name] = split_value(recipe.parameters[p.name], p.default)
+            except Exception as exc:  # noqa: BLE001 - report, keep the default
+                problems.append(f"parameter '{p.name}': {exc}")
+        self.form.set_values(scalars)
+        self.per_tensor.set_values(per)
+        self.seed.setValue(recipe.seed)
+        self.out_dtype.setCurrentText(recipe.out_dtype or SAME_DTYPE)
+        if recipe.data:
+            self.data_combo.setCurrentText(recipe.data)
+        self.arch_combo.setCurrentText(recipe.arch or AUTO_ARCH)
+        return problems
+
+    # -- internals -----------------------------------------------------------------------
+    def _on_method(self, *_: object) -> None:
+        spec = self.spec()
+        link = f' <a href="{spec.reference_url}">Reference</a>' if spec.reference_url else ""
+        self.description.setText(f"{spec.description}{link}")
+        self.needs.setText(needs_text(spec))
+        self.form.set_params(tuple(p for p in spec.params if not p.per_model))
+        self.per_tensor.set_params(spec.params)
+        for label, row, shown in (
+            (self._data_label, self._data_row, spec.needs.data),
+            (self._arch_label, self._arch_row, spec.needs.arch),
+        ):
+            label.setVisible(shown)
+            for i in range(row.count()):
+                row.itemAt(i).widget().setVisible(shown)
+        random = is_random(spec)
+        self._seed_label.setVisible(random)
+        self.seed.setVisible(random)
+        self.method_changed.emit(spec)
+        self.changed.emit()
+
+    def _browse_data(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Evaluation data", "", "NumPy arrays (*.npz);;All files (*)"
+        )
+        if path:
+            self.data_combo.setCurrentText(path)
+
+    def _browse_arch(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Model definition", "", "Python files (*.py)")
+        if path:
+            self.arch_combo.setCurrentText(f"{path}:model")
+            self.arch_combo.lineEdit().setFocus()

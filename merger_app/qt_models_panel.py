@@ -1,0 +1,247 @@
+"""The models panel: the table of loaded checkpoints and the buttons that edit it.
+
+Adding reads headers only (instant even for large sharded folders); the compatibility
+check (`core.merge.check_models`) also works from headers and marks rows that cannot be
+merged with the reason. Per-model parameters are edited in place with editors built
+from the parameter schema (range-checked spin boxes), the role with a combo box.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QSpinBox,
+    QStyle,
+    QStyledItemDelegate,
+    QTableView,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.errors import MergerError
+from core.methods.registry import Param
+from merger_app._format import human_bytes
+from merger_app._model_rows import ROLES, ModelRow, normalize_path, summarize
+from merger_app.qt_models_table import ROLE, QtModelsTable
+
+
+class QtModelsDelegate(QStyledItemDelegate):
+    """Editors from the schema: a role combo, spin boxes with the parameter's range."""
+
+    def createEditor(self, parent, option, index):  # noqa: N802 - Qt API
+        model: QtModelsTable = index.model()
+        if index.column() == ROLE:
+            combo = QComboBox(parent)
+            combo.addItems(list(ROLES))
+            return combo
+        param = model.column_param(index.column())
+        if param is None:
+            return super().createEditor(parent, option, index)
+        return make_number_editor(param, parent) or super().createEditor(parent, option, index)
+
+    def setEditorData(self, editor, index) -> None:  # noqa: N802
+        value = index.data(Qt.ItemDataRole.EditRole)
+        if isinstance(editor, QComboBox):
+            editor.setCurrentText(str(value))
+        elif isinstance(editor, QDoubleSpinBox | QSpinBox) and isinstance(value, int | float):
+            editor.setValue(value)
+        else:
+            super().setEditorData(editor, index)
+
+    def setModelData(self, editor, model, index) -> None:  # noqa: N802
+        if isinstance(editor, QComboBox):
+            model.setData(index, editor.currentText())
+        elif isinstance(editor, QDoubleSpinBox | QSpinBox):
+            editor.interpretText()
+            model.setData(index, editor.value())
+        else:
+            super().setModelData(editor, model, index)
+
+
+def make_number_editor(param: Param, parent: QWidget | None = None) -> QWidget | None:
+    """A spin box with the parameter's range and help, or None for non-numbers."""
+    if param.type == "float":
+        box = QDoubleSpinBox(parent)
+        box.setDecimals(4)
+        box.setRange(
+            param.min if param.min is not None else -1e9,
+            param.max if param.max is not None else 1e9,
+        )
+        span = (param.max - param.min) if param.min is not None and param.max is not None else 1
+        box.setSingleStep(0.05 if span <= 2 else 0.1)
+    elif param.type == "int":
+        box = QSpinBox(parent)
+        box.setRange(
+            int(param.min) if param.min is not None else -(2**31),
+            int(param.max) if param.max is not None else 2**31 - 1,
+        )
+    else:
+        return None
+    box.setToolTip(param.help)
+    return box
+
+
+class QtModelsPanel(QWidget):
+    """Table + Add/Remove/Up/Down; `add_requested` asks the window for a file dialog."""
+
+    add_requested = Signal()
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = QtModelsTable(self)
+        self.view = QTableView(self)
+        self.view.setModel(self.model)
+        self.view.setItemDelegate(QtModelsDelegate(self.view))
+        self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.view.setEditTriggers(
+            QAbstractItemView.EditTrigger.DoubleClicked
+            | QAbstractItemView.EditTrigger.SelectedClicked
+            | QAbstractItemView.EditTrigger.EditKeyPressed
+        )
+        self.view.setAlternatingRowColors(True)
+        self.view.verticalHeader().setVisible(False)
+        self.view.horizontalHeader().setStretchLastSection(False)
+        self.view.setWordWrap(False)
+        self.view.setObjectName("modelsTable")
+
+        sp = QStyle.StandardPixmap
+        self.add_button = self._button(
+            "Add…", sp.SP_DialogOpenButton, "Add checkpoint files or folders (Ctrl+O)"
+        )
+        self.remove_button = self._button(
+            "Remove", sp.SP_TrashIcon, "Remove the selected models (Delete)"
+        )
+        self.up_button = self._button("Up", sp.SP_ArrowUp, "Move the selected model up")
+        self.down_button = self._button("Down", sp.SP_ArrowDown, "Move the selected model down")
+        self.add_button.clicked.connect(self.add_requested)
+        self.remove_button.clicked.connect(self.remove_selected)
+        self.up_button.clicked.connect(lambda: self.move_selected(-1))
+        self.down_button.clicked.connect(lambda: self.move_selected(+1))
+
+        self.summary = QLabel(self)
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        title = QLabel("<b>Models</b>", self)
+        bar = QHBoxLayout()
+        bar.addWidget(title)
+        bar.addStretch(1)
+        for b in (self.add_button, self.remove_button, self.up_button, self.down_button):
+            bar.addWidget(b)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(bar)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.summary)
+
+        self.model.changed.connect(self._on_changed)
+        self.view.selectionModel().selectionChanged.connect(self._update_buttons)
+        self.model.modelReset.connect(self._update_buttons)
+        self._on_changed()
+
+    def _button(self, text: str, icon: QStyle.StandardPixmap, tip: str) -> QToolButton:
+        b = QToolButton(self)
+        b.setText(text)
+        b.setIcon(self.style().standardIcon(icon))
+        b.setToolTip(tip)
+        b.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        b.setAutoRaise(True)
+        return b
+
+    # -- slots the window and the buttons use ------------------------------------------
+    def add_paths(self, paths: list[str | Path]) -> list[str]:
+        """Add checkpoints by path; returns an error message per path that is no model."""
+        known = {r.path for r in self.model.rows()}
+        rows: list[ModelRow] = []
+        errors = []
+        for path in paths:
+            text = normalize_path(path)
+            if text in known:
+                continue
+            try:
+                rows.append(summarize(text))
+            except MergerError as exc:
+                errors.append(str(exc))
+            known.add(text)
+        self.model.add_rows(rows)
+        return errors
+
+    def selected_rows(self) -> list[int]:
+        return sorted({i.row() for i in self.view.selectionModel().selectedRows()})
+
+    def remove_selected(self) -> None:
+        self.model.remove(self.selected_rows())
+
+    def move_selected(self, delta: int) -> None:
+        rows = self.selected_rows()
+        if len(rows) != 1:
+            return
+        new = self.model.move(rows[0], delta)
+        self.view.selectRow(new)
+
+    def set_per_model_params(self, params: tuple[Param, ...]) -> None:
+        self.model.set_per_model_params(params)
+        self._fit_columns()
+
+    def refresh_compat(self) -> None:
+        """Mark rows that cannot be merged, from headers (`core.merge.check_models`)."""
+        from core.merge import check_models
+
+        rows = self.model.rows()
+        if len(rows) < 2:
+            self.model.set_problems({})
+            self._show_summary(None)
+            return
+        base = next((r.path for r in rows if r.role == "base"), None)
+        try:
+            report = check_models([r.path for r in rows], base)
+        except MergerError as exc:
+            self.model.set_problems({})
+            self._show_summary(str(exc))
+            return
+        self.model.set_problems({p: "; ".join(rs) for p, rs in report.problems.items() if rs})
+        self._show_summary(None if report.ok else report.summary())
+
+    # -- internals ------------------------------------------------------------------------
+    def _show_summary(self, problem: str | None) -> None:
+        rows = self.model.rows()
+        if problem:
+            self.summary.setText(f"⚠ {problem}")
+        elif rows:
+            total = sum(r.total_bytes or 0 for r in rows)
+            self.summary.setText(
+                f"{len(rows)} model(s), {human_bytes(total)} on disk. "
+                "Double-click a role or value to change it."
+            )
+        else:
+            self.summary.setText("Drop checkpoint files or folders here, or click Add.")
+
+    def _on_changed(self) -> None:
+        if len(self.model.rows()) < 2:
+            self.model.set_problems({})
+            self._show_summary(None)
+        self._fit_columns()
+        self._update_buttons()
+        self.changed.emit()
+
+    def _fit_columns(self) -> None:
+        header = self.view.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for c in range(1, self.model.columnCount()):
+            header.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
+
+    def _update_buttons(self, *_: object) -> None:
+        sel = self.selected_rows()
+        self.remove_button.setEnabled(bool(sel))
+        self.up_button.setEnabled(len(sel) == 1 and sel[0] > 0)
+        self.down_button.setEnabled(len(sel) == 1 and sel[0] < self.model.rowCount() - 1)

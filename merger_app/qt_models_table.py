@@ -1,0 +1,189 @@
+"""The Qt table model over the loaded models (a list of `ModelRow`).
+
+Columns: name, role, one column per per-model parameter of the current method
+(weight, density, ...), then format, parameter count, dtype and size. Rows that
+cannot be merged with the others carry a warning icon and the reason as tooltip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import QApplication, QStyle
+
+from core.errors import RecipeError
+from core.methods.registry import Param
+from merger_app._format import format_value, human_bytes, human_count
+from merger_app._model_rows import ROLES, ModelRow, move, set_role
+
+NAME, ROLE = 0, 1
+_TAIL = ("Format", "Parameters", "Dtype", "Size")
+AnyIndex = QModelIndex | QPersistentModelIndex
+
+
+class QtModelsTable(QAbstractTableModel):
+    """Editable list of models; `changed` fires after any change of rows or values."""
+
+    changed = Signal()
+    rejected = Signal(str)  # an edit that was refused, with the reason
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._rows: list[ModelRow] = []
+        self._params: tuple[Param, ...] = ()
+
+    # -- state ---------------------------------------------------------------------
+    def rows(self) -> list[ModelRow]:
+        return list(self._rows)
+
+    def set_rows(self, rows: list[ModelRow]) -> None:
+        self.beginResetModel()
+        self._rows = list(rows)
+        self.endResetModel()
+        self.changed.emit()
+
+    def add_rows(self, rows: list[ModelRow]) -> None:
+        """Append rows; the first model ever added becomes the base when none is set."""
+        if not rows:
+            return
+        new = list(self._rows) + list(rows)
+        if not any(r.role == "base" for r in new):
+            new = set_role(new, 0, "base")
+        self.set_rows(new)
+
+    def remove(self, indices: list[int]) -> None:
+        keep = set(range(len(self._rows))) - set(indices)
+        self.set_rows([r for i, r in enumerate(self._rows) if i in keep])
+
+    def move(self, index: int, delta: int) -> int:
+        """Move a row up (−1) or down (+1); returns its new index."""
+        if not 0 <= index < len(self._rows):
+            return index
+        self.set_rows(move(self._rows, index, delta))
+        return max(0, min(len(self._rows) - 1, index + delta))
+
+    def set_problems(self, problems: dict[str, str | None]) -> None:
+        """Mark rows by path with the reason they cannot be merged (None clears)."""
+        updated = [r.with_(problem=problems.get(r.path)) for r in self._rows]
+        if updated != self._rows:
+            self._rows = updated
+            self._emit_all()
+
+    def set_per_model_params(self, params: tuple[Param, ...]) -> None:
+        """Show one column per per-model parameter; values of same-named params are kept."""
+        if params == self._params:
+            return
+        self.beginResetModel()
+        self._params = tuple(params)
+        self.endResetModel()
+        self.changed.emit()
+
+    def per_model_params(self) -> tuple[Param, ...]:
+        return self._params
+
+    def column_param(self, column: int) -> Param | None:
+        i = column - 2
+        return self._params[i] if 0 <= i < len(self._params) else None
+
+    def _emit_all(self) -> None:
+        if self._rows:
+            self.dataChanged.emit(
+                self.index(0, 0), self.index(len(self._rows) - 1, self.columnCount() - 1)
+            )
+
+    # -- Qt model API ----------------------------------------------------------------
+    def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else 2 + len(self._params) + len(_TAIL)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = 0) -> Any:
+        if orientation != Qt.Orientation.Horizontal:
+            return str(section + 1) if role == Qt.ItemDataRole.DisplayRole else None
+        param = self.column_param(section)
+        if role == Qt.ItemDataRole.DisplayRole:
+            if section == NAME:
+                return "Name"
+            if section == ROLE:
+                return "Role"
+            if param is not None:
+                return param.label or param.name.replace("_", " ").capitalize()
+            return _TAIL[section - 2 - len(self._params)]
+        if role == Qt.ItemDataRole.ToolTipRole and param is not None:
+            return f"{param.help} (per model; double-click a cell to edit)"
+        return None
+
+    def flags(self, index: AnyIndex) -> Qt.ItemFlag:
+        base = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+        if index.column() == ROLE or self.column_param(index.column()) is not None:
+            return base | Qt.ItemFlag.ItemIsEditable
+        return base
+
+    def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or index.row() >= len(self._rows):
+            return None
+        row, col = self._rows[index.row()], index.column()
+        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole):
+            return self._cell(row, col, edit=role == Qt.ItemDataRole.EditRole)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if col == NAME:
+                return f"{row.path}\n⚠ {row.problem}" if row.problem else row.path
+            if col == ROLE:
+                return (
+                    "The base model is what task vectors are measured from. Double-click to change."
+                )
+        if role == Qt.ItemDataRole.DecorationRole and col == NAME and row.problem:
+            return QApplication.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning)
+        if role == Qt.ItemDataRole.FontRole and row.role == "base" and col in (NAME, ROLE):
+            font = QFont()
+            font.setBold(True)
+            return font
+        if role == Qt.ItemDataRole.TextAlignmentRole and col >= 2 and col - 2 < len(self._params):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def _cell(self, row: ModelRow, col: int, *, edit: bool) -> Any:
+        if col == NAME:
+            return row.name
+        if col == ROLE:
+            return row.role
+        param = self.column_param(col)
+        if param is not None:
+            value = row.values.get(param.name, param.default)
+            return value if edit else format_value(value)
+        tail = col - 2 - len(self._params)
+        return (
+            row.format,
+            human_count(row.num_parameters),
+            row.dtype,
+            human_bytes(row.total_bytes),
+        )[tail]
+
+    def setData(self, index: AnyIndex, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
+        if not index.isValid() or role != Qt.ItemDataRole.EditRole:
+            return False
+        i, col = index.row(), index.column()
+        if col == ROLE:
+            if value not in ROLES:
+                self.rejected.emit(f"role must be one of {', '.join(ROLES)}")
+                return False
+            self._rows = set_role(self._rows, i, value)
+            self._emit_all()
+            self.changed.emit()
+            return True
+        param = self.column_param(col)
+        if param is None:
+            return False
+        try:
+            coerced = param.coerce(value, where=self._rows[i].name)
+        except RecipeError as exc:
+            self.rejected.emit(str(exc))
+            return False
+        row = self._rows[i]
+        self._rows[i] = row.with_(values={**row.values, param.name: coerced})
+        self.dataChanged.emit(index, index)
+        self.changed.emit()
+        return True

@@ -1,0 +1,126 @@
+"""A form generated from a method's parameter schema (`core.methods.registry.Param`).
+
+One widget per parameter, chosen by type: a range-limited QDoubleSpinBox or QSpinBox,
+a QCheckBox, a QComboBox of the choices, or a QLineEdit; the help text is the tooltip.
+Values read back are already coerced by `Param.coerce`, so the recipe built from them
+passes the engine's checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QSpinBox,
+    QWidget,
+)
+
+from core.methods.registry import Param
+from merger_app.qt_models_panel import make_number_editor
+
+
+def param_label(param: Param) -> str:
+    return param.label or param.name.replace("_", " ").capitalize()
+
+
+def make_editor(param: Param, parent: QWidget | None = None) -> QWidget:
+    """The widget for one parameter, set to its default."""
+    widget = make_number_editor(param, parent)
+    if widget is None:
+        if param.type == "bool":
+            widget = QCheckBox(parent)
+        elif param.type == "choice":
+            widget = QComboBox(parent)
+            widget.addItems(list(param.choices))
+        else:
+            widget = QLineEdit(parent)
+    widget.setToolTip(param.help)
+    widget.setObjectName(f"param_{param.name}")
+    set_editor_value(widget, param.default)
+    return widget
+
+
+def set_editor_value(widget: QWidget, value: Any) -> None:
+    if isinstance(widget, QCheckBox):
+        widget.setChecked(bool(value))
+    elif isinstance(widget, QDoubleSpinBox | QSpinBox):
+        widget.setValue(value)
+    elif isinstance(widget, QComboBox):
+        widget.setCurrentText(str(value))
+    elif isinstance(widget, QLineEdit):
+        widget.setText("" if value is None else str(value))
+
+
+def editor_value(widget: QWidget) -> Any:
+    if isinstance(widget, QCheckBox):
+        return widget.isChecked()
+    if isinstance(widget, QDoubleSpinBox | QSpinBox):
+        return widget.value()
+    if isinstance(widget, QComboBox):
+        return widget.currentText()
+    if isinstance(widget, QLineEdit):
+        return widget.text()
+    raise TypeError(widget)
+
+
+class QtParamForm(QWidget):
+    """The global (not per-model) parameters of one method."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._layout = QFormLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._layout.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
+        self._params: tuple[Param, ...] = ()
+        self._editors: dict[str, QWidget] = {}
+
+    def set_params(self, params: tuple[Param, ...]) -> None:
+        """Rebuild the form for these parameters, each at its default."""
+        while self._layout.rowCount():
+            self._layout.removeRow(0)
+        self._params = tuple(params)
+        self._editors = {}
+        for p in self._params:
+            editor = make_editor(p, self)
+            self._editors[p.name] = editor
+            label = QLabel(param_label(p) + ":", self)
+            label.setToolTip(p.help)
+            self._layout.addRow(label, editor)
+            self._connect(editor)
+        if not self._params:
+            self._layout.addRow(QLabel("This method has no settings besides the models.", self))
+
+    def _connect(self, editor: QWidget) -> None:
+        if isinstance(editor, QCheckBox):
+            editor.toggled.connect(self.changed)
+        elif isinstance(editor, QDoubleSpinBox | QSpinBox):
+            editor.valueChanged.connect(self.changed)
+        elif isinstance(editor, QComboBox):
+            editor.currentTextChanged.connect(self.changed)
+        elif isinstance(editor, QLineEdit):
+            editor.textChanged.connect(self.changed)
+
+    def editor(self, name: str) -> QWidget:
+        return self._editors[name]
+
+    def values(self) -> dict[str, Any]:
+        return {p.name: p.coerce(editor_value(self._editors[p.name])) for p in self._params}
+
+    def set_values(self, values: dict[str, Any]) -> None:
+        """Set the given parameters (coerced, so out-of-range values raise RecipeError)."""
+        for p in self._params:
+            if p.name in values:
+                set_editor_value(self._editors[p.name], p.coerce(values[p.name]))
+
+    def reset(self) -> None:
+        for p in self._params:
+            set_editor_value(self._editors[p.name], p.default)

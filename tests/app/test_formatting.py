@@ -1,0 +1,89 @@
+"""The wording of sizes, counts and times, and the recipe values built from the panels."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import RecipeError
+from merger_app._format import (
+    format_value,
+    human_bytes,
+    human_count,
+    human_duration,
+    remaining_seconds,
+)
+from merger_app._recipe_build import PerTensor, param_value, parse_gradient, split_value
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KB"),
+        (35_840, "35.0 KB"),
+        (5 * 1024**3, "5.0 GB"),
+        (150 * 1024**2, "150 MB"),
+    ],
+)
+def test_human_bytes(n, text):
+    assert human_bytes(n) == text
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(999, "999"), (8970, "8.97K"), (124_000_000, "124M"), (7_241_732_096, "7.24B")],
+)
+def test_human_count(n, text):
+    assert human_count(n) == text
+
+
+def test_durations_and_estimate():
+    assert human_duration(75.4) == "1:15"
+    assert human_duration(3725) == "1:02:05"
+    assert human_duration(None) == "–"
+    # a quarter done after 10 s: 30 s left, linear
+    assert remaining_seconds(10.0, 0.25) == pytest.approx(30.0)
+    assert remaining_seconds(10.0, 0.0) is None
+
+
+def test_format_value():
+    assert format_value(0.5) == "0.5"
+    assert format_value(True) == "true"
+    assert format_value([0, 0.5, 1.0]) == "[0, 0.5, 1]"
+
+
+def test_gradient_parsing():
+    assert parse_gradient("0, 0.5, 1") == (0.0, 0.5, 1.0)
+    assert parse_gradient("  ") == ()
+    with pytest.raises(RecipeError, match="numbers separated by commas"):
+        parse_gradient("0, a")
+    with pytest.raises(RecipeError, match="at least two"):
+        parse_gradient("0.5")
+
+
+def test_param_value_forms_are_mergekits():
+    assert param_value(0.5, None) == 0.5
+    assert param_value(0.5, PerTensor(gradient=(0.0, 1.0))) == [0.0, 1.0]
+    assert param_value(0.5, PerTensor(filters=(("attn", 0.3),))) == [
+        {"filter": "attn", "value": 0.3},
+        {"value": 0.5},
+    ]
+    both = param_value(0.5, PerTensor(filters=(("mlp", 0.1),), gradient=(0.0, 1.0)))
+    assert both == [{"filter": "mlp", "value": 0.1}, {"value": [0.0, 1.0]}]
+
+
+@pytest.mark.parametrize(
+    "per",
+    [
+        PerTensor(),
+        PerTensor(gradient=(0.0, 0.5, 1.0)),
+        PerTensor(filters=(("attn", 0.3),)),
+        PerTensor(filters=(("a", 0.1), ("b", 0.2)), gradient=(1.0, 2.0)),
+    ],
+)
+def test_split_value_inverts_param_value(per):
+    value = param_value(0.7, per)
+    scalar, back = split_value(value, default=1.0)
+    assert back == per
+    assert scalar == (0.7 if not per.gradient else 1.0)  # a gradient replaces the scalar
