@@ -1,0 +1,130 @@
+"""Collect both models' hidden activations per permutation group, for activation matching.
+
+For each group we hook one place in the network where exactly that group's units appear
+as features: preferably the input of a layer that consumes them (a Linear's last axis or
+a Conv's channel axis — post-nonlinearity, as Git Re-Basin matches), else the output of
+the layer that produces them. Both models see the same batches; the features stream into
+the matching statistics batch by batch, so memory stays at one batch of activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from core.alignment.activation_matching import ActivationStats
+from core.alignment.spec import Perms
+from core.architectures import Architecture
+from core.data import Dataset
+from core.errors import MergerError
+from core.jobs import Progress
+
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _features(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """(samples, units) view of a layer's input or output: channels for convs, last axis else."""
+    if isinstance(module, nn.Linear) or x.dim() == 2:
+        return x.reshape(-1, x.shape[-1])
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def hook_points(arch: Architecture, model: nn.Module) -> dict[str, tuple[str, str]]:
+    """Group → (module name, "input" | "output") where its units are features."""
+    modules = dict(model.named_modules())
+    points: dict[str, tuple[str, str]] = {}
+    spec = arch.spec
+    for group, axes in spec.groups.items():
+        size = spec.sizes[group]
+        choice = None
+        for tensor, axis in axes:
+            owner = tensor.rsplit(".", 1)[0]
+            module = modules.get(owner)
+            if not isinstance(module, _LAYERS) or not tensor.endswith(".weight"):
+                continue
+            fan_in = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+            if axis == 1 and fan_in == size and spec.block(tensor, axis) == 1:
+                choice = (owner, "input")
+                break
+            if axis == 0 and choice is None:
+                choice = (owner, "output")
+        if choice is None:
+            raise MergerError(
+                f"cannot find where the units of permutation group '{group}' appear",
+                hint="use weight matching for this architecture",
+            )
+        points[group] = choice
+    return points
+
+
+class _Recorder:
+    """Forward hooks that keep the current batch's features per group."""
+
+    def __init__(self, model: nn.Module, points: Mapping[str, tuple[str, str]]) -> None:
+        modules = dict(model.named_modules())
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for group, (name, where) in points.items():
+            module = modules[name]
+            if where == "input":
+                hook = self._pre(group, module)
+                self._handles.append(module.register_forward_pre_hook(hook))
+            else:
+                hook = self._post(group, module)
+                self._handles.append(module.register_forward_hook(hook))
+
+    def _pre(self, group: str, module: nn.Module):
+        def hook(_mod, args):
+            self.features[group] = _features(args[0].detach(), module)
+
+        return hook
+
+    def _post(self, group: str, module: nn.Module):
+        def hook(_mod, _args, output):
+            self.features[group] = _features(output.detach(), module)
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def match_by_activations(
+    arch: Architecture,
+    state_a: Mapping[str, torch.Tensor],
+    state_b: Mapping[str, torch.Tensor],
+    data: Dataset,
+    *,
+    metric: str = "correlation",
+    batches: int = 20,
+    batch_size: int = 128,
+    solver: str = "auto",
+    progress: Progress | None = None,
+) -> Perms:
+    """Permutations of B's units maximising activation similarity with A, per group."""
+    model_a, model_b = arch.build(dict(state_a)).eval(), arch.build(dict(state_b)).eval()
+    points = hook_points(arch, model_a)
+    rec_a, rec_b = _Recorder(model_a, points), _Recorder(model_b, points)
+    stats = {g: ActivationStats(arch.spec.sizes[g], metric=metric) for g in points}
+    total = min(batches, -(-len(data) // batch_size))
+    try:
+        with torch.no_grad():
+            for i, (x, _) in enumerate(data.batches(batch_size, limit=batches)):
+                if progress is not None:
+                    progress.update(i, total, f"activations: batch {i + 1} of {total}")
+                model_a(x)
+                model_b(x)
+                for group, st in stats.items():
+                    st.update(rec_a.features[group], rec_b.features[group])
+    finally:
+        rec_a.close()
+        rec_b.close()
+    perms = {}
+    for group, st in stats.items():
+        if progress is not None:
+            progress.check()
+        perms[group] = st.solve(solver=solver)
+    return perms

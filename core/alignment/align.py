@@ -1,0 +1,130 @@
+"""Align model B to model A, and interpolate between them: the glue used by the
+`weight_matching` / `activation_matching` methods, `merger align` and the GUI.
+
+Alignment finds permutations π of B's hidden units (by weights or by activations on
+data), so that π(B) computes the same function as B but lies close to A. Interpolating
+(1−λ)·A + λ·π(B) then crosses a much lower loss barrier than interpolating A and B
+(Git Re-Basin). BatchNorm running statistics of an interpolated network are wrong
+(variance collapse), so they are re-estimated on data when data is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from core.alignment.batchnorm import reset_bn_stats
+from core.alignment.spec import Perms
+from core.alignment.weight_matching import matching_objective, weight_matching
+from core.architectures import Architecture, resolve_architecture
+from core.data import Dataset
+from core.jobs import Progress
+
+State = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class Alignment:
+    """B's permutations towards A, with what a user wants to know about them."""
+
+    arch: Architecture
+    perms: Perms
+    aligned_b: dict[str, torch.Tensor]
+    objective_before: float
+    objective_after: float
+    sweeps: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def align(
+    state_a: State,
+    state_b: State,
+    *,
+    arch: str | None = None,
+    method: str = "weight",
+    data: Dataset | None = None,
+    max_iter: int = 100,
+    seed: int = 0,
+    solver: str = "auto",
+    metric: str = "correlation",
+    batches: int = 20,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> Alignment:
+    """Permute B to match A by `method` ("weight" or "activation")."""
+    progress = progress or Progress()
+    architecture = resolve_architecture(arch, state_a)
+    spec = architecture.spec
+    before = matching_objective(spec, state_a, state_b, spec.identity())
+    if method == "weight":
+        result = weight_matching(
+            spec,
+            state_a,
+            state_b,
+            max_iter=max_iter,
+            seed=seed,
+            progress=progress,
+            solver=solver,
+            device=device,
+        )
+        perms, sweeps = result.perms, result.sweeps
+    else:
+        from core.alignment.activations import match_by_activations
+
+        if data is None:
+            raise ValueError("activation matching needs data")
+        perms = match_by_activations(
+            architecture,
+            state_a,
+            state_b,
+            data,
+            metric=metric,
+            batches=batches,
+            solver=solver,
+            progress=progress,
+        )
+        sweeps = 0
+    aligned = spec.apply(state_b, perms)
+    after = matching_objective(spec, state_a, aligned, spec.identity())
+    notes = [
+        f"architecture {architecture.name}: {len(spec.groups)} permutation group(s)",
+        f"matching objective ⟨A, π(B)⟩ {before:.6g} → {after:.6g}",
+    ]
+    if sweeps:
+        notes.append(f"weight matching converged after {sweeps} sweep(s)")
+    return Alignment(
+        architecture, perms, aligned, before, after, sweeps, notes + architecture.notes
+    )
+
+
+def interpolate(state_a: State, state_b: State, lam: float) -> dict[str, torch.Tensor]:
+    """(1−λ)·A + λ·B for floating tensors; integer buffers (counters) come from A."""
+    out = {}
+    for name, a in state_a.items():
+        b = state_b[name]
+        if a.is_floating_point():
+            out[name] = torch.lerp(a.float(), b.float(), float(lam)).to(a.dtype)
+        else:
+            out[name] = a.clone()
+    return out
+
+
+def repair_batchnorm(
+    arch: Architecture,
+    state: dict[str, torch.Tensor],
+    data: Dataset | None,
+    *,
+    batches: int = 50,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Re-estimate BatchNorm statistics of `state` on `data`; returns the new state and
+    how many BN layers were updated (0 when there are none or no data)."""
+    if data is None:
+        return state, 0
+    model = arch.build(state)
+    count = reset_bn_stats(model, data, batches=batches)
+    if count == 0:
+        return state, 0
+    fresh = model.state_dict()
+    return {k: fresh[k].detach().to(v.dtype) for k, v in state.items()}, count

@@ -1,0 +1,60 @@
+"""The `merger` command: one parser, one module per group of subcommands.
+
+Each subcommand module exposes `register(subparsers)`, which adds its parser and sets
+`func` to a function taking the parsed arguments and returning an exit code. Errors
+meant for people (`MergerError`) become one line on stderr and exit code 1, never a
+traceback; a cancel (Ctrl+C) exits 130 and leaves no output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from core import __version__
+from core.cli import cmd_align, cmd_info, cmd_merge
+from core.errors import Cancelled, MergerError
+
+COMMAND_MODULES = [cmd_info, cmd_merge, cmd_align]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="merger",
+        description="Merge neural-network checkpoints (task arithmetic, TIES, DARE, SLERP, ...).",
+    )
+    parser.add_argument("--version", action="version", version=f"merger {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MergerError as exc:
+        print(f"merger: error: {exc}", file=sys.stderr)
+        return 1
+    except (Cancelled, KeyboardInterrupt):
+        print("merger: cancelled; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so plainly, details on request
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"merger: internal error: {type(exc).__name__}: {exc} "
+            "(this is a bug; rerun with --debug and report it)",
+            file=sys.stderr,
+        )
+        return 3
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""`merger merge`, `merger run` and `merger demo`: make merged models."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.checkpoints import parse_size
+from core.cli.output import print_json
+from core.cli.progress_bar import TerminalBar
+from core.errors import RecipeError
+from core.jobs import Progress
+from core.merge import MergeResult, run_merge, validate_recipe
+from core.methods import REGISTRY
+from core.recipe import DTYPES, ModelEntry, Recipe, normalize_dtype
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shard-size",
+        metavar="SIZE",
+        help="split the output into shards of at most SIZE (e.g. 5GB); needs a folder",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it exists (inputs are never overwritten)",
+    )
+    p.add_argument(
+        "--extra-keys",
+        choices=("ignore", "error"),
+        default="ignore",
+        help="tensors some models have and the reference lacks: leave them out "
+        "(ignore, default) or refuse to merge (error)",
+    )
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (model-level methods)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge", help="merge models given on the command line")
+    p.add_argument(
+        "models", nargs="+", metavar="MODEL", help="input checkpoints (files or folders)"
+    )
+    p.add_argument("--method", required=True, help=f"one of {', '.join(REGISTRY.names())}")
+    p.add_argument("--base", help="the base model (common ancestor) for task-vector methods")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method parameter; repeatable. Per-model parameters take one value "
+        "or one per model: --set weight=0.7,0.3. Gradients: --set t=[0,0.5,1]",
+    )
+    p.add_argument("--dtype", help=f"compute dtype ({', '.join(DTYPES)}); default float32")
+    p.add_argument("--out-dtype", help="output dtype; default: --dtype, else the inputs' own")
+    p.add_argument("--seed", type=int, default=0, help="seed for random methods (DARE)")
+    p.add_argument("--data", help="evaluation data: digits, or an .npz with arrays x and y")
+    p.add_argument("--arch", help="architecture: a family name or path/to/model.py:factory")
+    p.add_argument("--save-recipe", metavar="FILE", help="also write the recipe as YAML")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="output .safetensors file, or a folder"
+    )
+    _add_output_options(p)
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("run", help="run a YAML recipe (mergekit vocabulary)")
+    p.add_argument("recipe", help="recipe file (.yaml)")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="output file or folder (default: <recipe name>-merged in this folder)",
+    )
+    _add_output_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="write small real demo models and data to DIR")
+    p.add_argument("dir", help="folder to create (or reuse)")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.set_defaults(func=cmd_demo)
+
+
+def _parse_sets(items: list[str], n_models: int, per_model: set[str]) -> tuple[dict, list[dict]]:
+    """Split --set values into global parameters and per-model ones."""
+    global_params: dict[str, Any] = {}
+    model_params: list[dict[str, Any]] = [{} for _ in range(n_models)]
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set expects KEY=VALUE, not '{item}'")
+        key = key.strip()
+        if key in per_model and "," in text and not text.strip().startswith("["):
+            values = [yaml.safe_load(v) for v in text.split(",")]
+            if len(values) != n_models:
+                raise RecipeError(
+                    f"--set {key}= gives {len(values)} values for {n_models} "
+                    "input model(s); give one value, or one per model"
+                )
+            for params, value in zip(model_params, values, strict=True):
+                params[key] = value
+        else:
+            try:
+                global_params[key] = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise RecipeError(f"--set {key}: cannot read the value '{text}'") from None
+    return global_params, model_params
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    spec = REGISTRY.get(args.method)
+    per_model = {p.name for p in spec.params if p.per_model}
+    base_key = str(Path(args.base).resolve()) if args.base else None
+    inputs = [m for m in args.models if str(Path(m).resolve()) != base_key]
+    global_params, model_params = _parse_sets(args.set, len(inputs), per_model)
+    models = []
+    if args.base and not spec.needs.base_is_input:
+        models.append(ModelEntry(args.base))
+    models += [ModelEntry(m, p) for m, p in zip(inputs, model_params, strict=True)]
+    return Recipe(
+        merge_method=spec.name,
+        models=tuple(models),
+        base_model=args.base,
+        parameters=global_params,
+        dtype=normalize_dtype(args.dtype, key="--dtype"),
+        out_dtype=normalize_dtype(args.out_dtype, key="--out-dtype"),
+        seed=args.seed,
+        data=args.data,
+        arch=args.arch,
+    )
+
+
+def _execute(recipe: Recipe, out: str, args: argparse.Namespace) -> int:
+    validate_recipe(recipe)
+    bar = None if (args.quiet or args.json) else TerminalBar()
+    progress = Progress(bar, log=None if args.json else _log)
+    try:
+        result = run_merge(
+            recipe,
+            out,
+            progress=progress,
+            shard_size=parse_size(args.shard_size) if args.shard_size else None,
+            overwrite=args.overwrite,
+            extra_keys=args.extra_keys,
+            device=args.device,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    _report(result, args)
+    return 0
+
+
+def _log(message: str) -> None:
+    import sys
+
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _report(result: MergeResult, args: argparse.Namespace) -> None:
+    if args.json:
+        print_json(result.to_json())
+        return
+    files = ", ".join(str(f) for f in result.files)
+    print(f"wrote {result.out} in {result.seconds:.1f} s ({files})")
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    recipe = recipe_from_args(args)
+    if args.save_recipe:
+        recipe.save(args.save_recipe)
+    return _execute(recipe, args.output, args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    recipe = Recipe.load(args.recipe)
+    out = args.output or f"{Path(args.recipe).stem}-merged"
+    return _execute(recipe, out, args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from core.demo import make_demo
+
+    demo = make_demo(args.dir, log=None if args.json else print)
+    if args.json:
+        print_json(demo.to_json())
+    return 0

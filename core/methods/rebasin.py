@@ -1,0 +1,140 @@
+"""Git Re-Basin merges: align B to A by permutations, then interpolate with λ.
+
+Model-level methods: they need both whole models and an architecture (detected from the
+checkpoint, a built-in family name, or `path/to/model.py:factory`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from core.alignment.align import align, interpolate, repair_batchnorm
+from core.data import load_dataset
+from core.methods.registry import MethodSpec, Needs, Param
+
+_LAMBDA = Param(
+    "lambda",
+    "float",
+    0.5,
+    "Position between model A (0) and the aligned model B (1).",
+    min=0.0,
+    max=1.0,
+    per_tensor=False,
+)
+_SOLVER = Param(
+    "solver",
+    "choice",
+    "auto",
+    "Linear-assignment solver: scipy on the CPU, the "
+    "auction solver (GPU), or auto (by device and size).",
+    choices=("auto", "scipy", "auction"),
+    per_tensor=False,
+)
+_RESET_BN = Param(
+    "reset_bn",
+    "bool",
+    True,
+    "Re-estimate BatchNorm statistics on the data after "
+    "interpolating (only when data is given and the model has BatchNorm).",
+    per_tensor=False,
+)
+
+
+def _merge(ctx, method: str) -> dict[str, torch.Tensor]:
+    a_ckpt, b_ckpt = ctx.inputs
+    ctx.progress.update(0, 1, "loading models")
+    state_a, state_b = ctx.load(a_ckpt), ctx.load(b_ckpt)
+    data = load_dataset(ctx.recipe.data) if ctx.recipe.data else None
+    result = align(
+        state_a,
+        state_b,
+        arch=ctx.recipe.arch,
+        method=method,
+        data=data,
+        max_iter=int(ctx.params.get("max_iter", 100)),
+        seed=ctx.recipe.seed,
+        solver=ctx.params["solver"],
+        metric=ctx.params.get("metric", "correlation"),
+        batches=int(ctx.params.get("batches", 20)),
+        device=ctx.device,
+        progress=ctx.progress,
+    )
+    merged = interpolate(state_a, result.aligned_b, ctx.params["lambda"])
+    notes = list(result.notes)
+    if ctx.params["reset_bn"]:
+        merged, count = repair_batchnorm(result.arch, merged, data)
+        if count:
+            notes.append(f"re-estimated BatchNorm statistics of {count} layer(s) on {data.name}")
+    for note in notes:
+        ctx.progress.log(note)
+    ctx.notes.extend(notes)
+    return merged
+
+
+def merge_weight_matching(ctx) -> dict[str, torch.Tensor]:
+    return _merge(ctx, "weight")
+
+
+def merge_activation_matching(ctx) -> dict[str, torch.Tensor]:
+    return _merge(ctx, "activation")
+
+
+SPECS = (
+    MethodSpec(
+        name="weight_matching",
+        label="Git Re-Basin: weight matching",
+        description="Permute model B's hidden units to match model A's weights (data-free "
+        "coordinate descent), then interpolate A and the aligned B with lambda.",
+        kind="model",
+        fn=merge_weight_matching,
+        params=(
+            _LAMBDA,
+            Param(
+                "max_iter",
+                "int",
+                100,
+                "Most coordinate-descent sweeps; it stops earlier once a sweep improves nothing.",
+                min=1,
+                max=10_000,
+                per_tensor=False,
+            ),
+            _SOLVER,
+            _RESET_BN,
+        ),
+        needs=Needs(arch=True, min_models=2, max_models=2),
+        reference_url="https://arxiv.org/abs/2209.04836",
+    ),
+    MethodSpec(
+        name="activation_matching",
+        label="Git Re-Basin: activation matching",
+        description="Permute model B's hidden units so its activations on the data match model "
+        "A's, then interpolate A and the aligned B with lambda.",
+        kind="model",
+        fn=merge_activation_matching,
+        params=(
+            _LAMBDA,
+            Param(
+                "metric",
+                "choice",
+                "correlation",
+                "How units are compared: cross-correlation "
+                "(Git Re-Basin) or negative Euclidean distance (PLeaS).",
+                choices=("correlation", "euclidean"),
+                per_tensor=False,
+            ),
+            Param(
+                "batches",
+                "int",
+                20,
+                "Batches of data (of 128) used to measure activations.",
+                min=1,
+                max=10_000,
+                per_tensor=False,
+            ),
+            _SOLVER,
+            _RESET_BN,
+        ),
+        needs=Needs(arch=True, data=True, min_models=2, max_models=2),
+        reference_url="https://arxiv.org/abs/2209.04836",
+    ),
+)

@@ -1,0 +1,57 @@
+"""Per-tensor parameter values: scalars, gradients across layers, name filters."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import RecipeError
+from core.methods import REGISTRY
+from core.methods.params import LayerIndex, interpolate_gradient, resolve_params, resolve_value
+
+
+def test_gradient_interpolates_between_anchors():
+    assert interpolate_gradient([0, 1], 0.25) == pytest.approx(0.25)
+    assert interpolate_gradient([0, 0.5, 1], 0.25) == pytest.approx(0.25)
+    assert interpolate_gradient([0, 1, 0], 0.5) == pytest.approx(1.0)
+    assert interpolate_gradient([0.2, 0.8], 1.0) == pytest.approx(0.8)
+    assert interpolate_gradient([7], 0.3) == 7
+
+
+def test_layer_index_positions():
+    names = [
+        "embed.weight",
+        "model.layers.0.w",
+        "model.layers.1.w",
+        "model.layers.2.w",
+        "norm.weight",
+        "lm_head.weight",
+    ]
+    idx = LayerIndex(names)
+    assert [idx.t(n) for n in names] == [0.0, 0.0, 0.5, 1.0, 1.0, 1.0]
+
+
+def test_layer_index_uses_block_ranks_not_raw_numbers():
+    idx = LayerIndex(["layers.0.weight", "layers.2.weight", "layers.4.weight"])
+    assert [idx.t(f"layers.{i}.weight") for i in (0, 2, 4)] == [0.0, 0.5, 1.0]
+
+
+def test_filters_pick_first_match_then_fallback():
+    value = [{"filter": "attn", "value": 0.3}, {"filter": "mlp", "value": [0, 1]}, {"value": 0.9}]
+    assert resolve_value(value, "layers.1.self_attn.q", 0.5, param="t") == 0.3
+    assert resolve_value(value, "layers.1.mlp.up", 0.5, param="t") == pytest.approx(0.5)
+    assert resolve_value(value, "norm.weight", 1.0, param="t") == 0.9
+
+
+def test_filter_without_fallback_is_a_clear_error():
+    with pytest.raises(RecipeError, match="no filter matches"):
+        resolve_value([{"filter": "attn", "value": 1}], "mlp.w", 0, param="t")
+
+
+def test_resolve_params_types_and_ranges():
+    spec = REGISTRY.get("ties")
+    got = resolve_params(spec, {"density": [0.2, 0.6]}, "layers.1.w", 0.5, per_model=True)
+    assert got == {"weight": 1.0, "density": pytest.approx(0.4)}
+    with pytest.raises(RecipeError, match="above"):
+        resolve_params(spec, {"density": 1.5}, "w", 0, per_model=True)
+    with pytest.raises(RecipeError, match="must be a float"):
+        resolve_params(spec, {"weight": "heavy"}, "w", 0, per_model=True)
