@@ -1,0 +1,127 @@
+"""`--arch path/to/model.py:factory`: the user's own nn.Module, spec traced with torch.fx.
+
+The file is imported (it is the user's own code, run on their request), `factory()` must
+return an `nn.Module`, the checkpoint must load into it strictly, and the traced spec
+must pass the self-test before anything uses it: a wrong spec would silently produce a
+broken merge, so we refuse instead.
+
+The example input used for tracing comes from, in order: an `example_input` attribute
+of the model, a module-level `example_input` in the file (a tensor, or a function
+returning one), or a guess from the first layer (Linear → (2, in_features); Conv2d →
+(2, in_channels, 32, 32)).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from core.alignment.tracing import trace_spec
+from core.architectures.base import Architecture, State
+from core.errors import MergerError
+
+
+def load_custom(arch: str, state: State) -> Architecture:
+    """Resolve `path.py:factory` against `state`: build, load, trace and self-test."""
+    path_text, _, factory_name = arch.rpartition(":")
+    path = Path(path_text).expanduser()
+    module = _import(path)
+    model = _call_factory(module, factory_name, path)
+    _load_strict(model, state, path)
+    example = _example_input(module, model, path)
+    spec = trace_spec(model, example).infer_sizes(state)
+    spec.self_test(model, state, example)
+    template = copy.deepcopy(model)
+
+    def build(weights: Mapping[str, torch.Tensor]) -> nn.Module:
+        net = copy.deepcopy(template)
+        _load_strict(net, weights, path)
+        return net.eval()
+
+    return Architecture(
+        name=f"{path.name}:{factory_name}",
+        spec=spec,
+        build=build,
+        input_shape=tuple(example.shape[1:]),
+        notes=[f"spec traced with torch.fx: {len(spec.groups)} permutation groups"],
+    )
+
+
+def _import(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise MergerError("no such model file", file=path, hint="--arch path/to/model.py:factory")
+    name = f"merger_user_model_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise MergerError("cannot import it as Python", file=path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code may raise anything
+        sys.modules.pop(name, None)
+        raise MergerError(f"importing it failed: {type(exc).__name__}: {exc}", file=path) from exc
+    return module
+
+
+def _call_factory(module: ModuleType, name: str, path: Path) -> nn.Module:
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise MergerError(
+            f"it has no function '{name}'",
+            file=path,
+            hint=f"callables in the file: {', '.join(names) or 'none'}",
+        )
+    try:
+        model = factory()
+    except Exception as exc:
+        raise MergerError(f"{name}() failed: {type(exc).__name__}: {exc}", file=path) from exc
+    if not isinstance(model, nn.Module):
+        raise MergerError(
+            f"{name}() returned {type(model).__name__}, not a torch.nn.Module", file=path
+        )
+    return model.eval()
+
+
+def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).split("\n\t", 2)[1:2] or [str(exc)]
+        raise MergerError(
+            f"the checkpoint does not load into the model: {first[0].strip()}",
+            file=path,
+            hint="the factory must build exactly the architecture that wrote the checkpoint",
+        ) from exc
+
+
+def _example_input(module: ModuleType, model: nn.Module, path: Path) -> torch.Tensor:
+    given = getattr(model, "example_input", None)
+    if given is None:
+        given = getattr(module, "example_input", None)
+    if callable(given):
+        given = given()
+    if given is not None:
+        if not torch.is_tensor(given):
+            raise MergerError("example_input must be a tensor (with a batch dim)", file=path)
+        return given
+    for layer in model.modules():
+        if isinstance(layer, nn.Linear):
+            return torch.randn(2, layer.in_features)
+        if isinstance(layer, nn.Conv2d):
+            return torch.randn(2, layer.in_channels, 32, 32)
+        if isinstance(layer, nn.Conv1d):
+            return torch.randn(2, layer.in_channels, 32)
+    raise MergerError(
+        "cannot guess the model's input shape",
+        file=path,
+        hint="define example_input = torch.randn(2, ...) in the file",
+    )

@@ -1,0 +1,121 @@
+"""`--arch path/to/model.py:factory`: import, strict load, trace, self-test, honest refusals."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from core.architectures import resolve_architecture
+from core.errors import MergerError
+
+MODEL_FILE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.fc = nn.Linear(4 * 2 * 2, 3)
+
+        def forward(self, x):
+            x = nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+            return self.fc(torch.flatten(x, 1))
+
+    def make():
+        return Net()
+
+    def make_cat():
+        return Cat()
+
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 2)
+            self.b = nn.Linear(4, 2)
+            self.out = nn.Linear(4, 1)
+            self.example_input = torch.randn(2, 4)
+
+        def forward(self, x):
+            return self.out(torch.cat([self.a(x), self.b(x)], 1))
+
+    example_input = torch.randn(2, 1, 4, 4)
+    """
+)
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text(MODEL_FILE)
+    return path
+
+
+def _state(path, factory="make"):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_fixture_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    net = getattr(module, factory)()
+    for name, value in net.state_dict().items():
+        if name.endswith("running_var"):
+            value.uniform_(0.5, 1.5)
+    return dict(net.state_dict()), net.eval()
+
+
+def test_user_module_is_traced_self_tested_and_buildable(model_file):
+    state, original = _state(model_file)
+    arch = resolve_architecture(f"{model_file}:make", state)
+    assert arch.name == "model.py:make"
+    assert arch.input_shape == (1, 4, 4)
+    assert set(arch.spec.groups) == {"P_conv"}
+    assert arch.spec.blocks == {("fc.weight", 1): 4}
+    assert ("bn.running_mean", 0) in arch.spec.groups["P_conv"]
+    x = torch.randn(3, 1, 4, 4)
+    assert torch.allclose(arch.build(state)(x), original(x))
+    permuted = arch.spec.apply(state, arch.spec.random(1))
+    assert torch.allclose(arch.build(permuted)(x), original(x), atol=1e-6)
+
+
+def test_unsupported_op_in_a_user_module_is_named(model_file):
+    state, _ = _state(model_file, "make_cat")
+    with pytest.raises(MergerError, match=r"function cat \(graph node 'cat'\)"):
+        resolve_architecture(f"{model_file}:make_cat", state)
+
+
+def test_example_input_that_does_not_fit_is_explained(model_file):
+    state, _ = _state(model_file)
+    path = model_file.with_name("wrong.py")
+    path.write_text(MODEL_FILE.replace("torch.randn(2, 1, 4, 4)", "torch.randn(2, 3, 4, 4)"))
+    with pytest.raises(MergerError, match=r"example input of shape \[2, 3, 4, 4\]"):
+        resolve_architecture(f"{path}:make", state)
+
+
+def test_missing_factory_lists_what_the_file_has(model_file):
+    state, _ = _state(model_file)
+    with pytest.raises(MergerError) as info:
+        resolve_architecture(f"{model_file}:build", state)
+    assert "no function 'build'" in str(info.value) and "make" in str(info.value)
+    assert str(model_file) in str(info.value)
+
+
+def test_checkpoint_that_does_not_load_is_refused(model_file):
+    state, _ = _state(model_file)
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(MergerError, match="does not load into the model"):
+        resolve_architecture(f"{model_file}:make", state)
+
+
+def test_missing_file_and_failing_import(tmp_path):
+    with pytest.raises(MergerError, match="no such model file"):
+        resolve_architecture(f"{tmp_path}/absent.py:make", {})
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise ValueError('boom')\n")
+    with pytest.raises(MergerError, match="importing it failed: ValueError: boom"):
+        resolve_architecture(f"{bad}:make", {})
