@@ -63,9 +63,7 @@ def solve_assignment(
     matrix; it only affects speed. `solver` overrides the automatic choice
     ('scipy', 'auction' on CPU torch, 'auction-cuda').
     """
-    perm, _ = solve_assignment_warm(
-        score, maximize=maximize, device=device, prices=warm_start, solver=solver
-    )
+    perm, _ = _solve(score, maximize, device, warm_start, solver, want_prices=False)
     return perm
 
 
@@ -83,6 +81,18 @@ def solve_assignment_warm(
     score[i, j] - prices[j] <= score[i, perm[i]] - prices[perm[i]] up to float noise
     (they may be approximate when the repair stopped early; they are only a hint).
     """
+    return _solve(score, maximize, device, prices, solver, want_prices=True)
+
+
+def _solve(
+    score: torch.Tensor | np.ndarray,
+    maximize: bool,
+    device: str,
+    prices: np.ndarray | None,
+    solver: str | None,
+    *,
+    want_prices: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
     n, m = _check_shape(score)
     name = solver or pick_solver(n, device)
     if name not in ("scipy", "auction", "auction-cuda"):
@@ -93,7 +103,7 @@ def solve_assignment_warm(
         s = _to_numpy64(score)
         if not maximize:
             s = -s
-        return _scipy_warm(s, prices)
+        return _scipy_warm(s, prices, want_prices=want_prices)
     if n != m:
         raise MergerError(
             f"the auction solver needs a square score matrix, got {n}x{m}",
@@ -133,9 +143,16 @@ def _to_numpy64(score: torch.Tensor | np.ndarray) -> np.ndarray:
     return s
 
 
-def _scipy_warm(s: np.ndarray, prices: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _scipy_warm(
+    s: np.ndarray, prices: np.ndarray | None, *, want_prices: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Maximize with scipy on a matrix reduced by `prices`; return perm and new prices."""
     n, m = s.shape
+    if prices is None and not want_prices:
+        rows, cols = linear_sum_assignment(s, maximize=True)
+        perm = np.empty(n, dtype=np.int64)
+        perm[rows] = cols
+        return perm, None
     v = np.zeros(m) if prices is None or len(prices) != m else np.asarray(prices, np.float64)
     # Reduced cost for minimization: u_i + v_j - s_ij >= 0, zero where row i is tight.
     red = s - v[None, :]
@@ -144,7 +161,7 @@ def _scipy_warm(s: np.ndarray, prices: np.ndarray | None) -> tuple[np.ndarray, n
     rows, cols = linear_sum_assignment(red)
     perm = np.empty(n, dtype=np.int64)
     perm[rows] = cols
-    if n == m:
+    if n == m and want_prices:
         v = v - _repair_potentials(red, perm)
     return perm, v
 
