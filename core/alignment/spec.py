@@ -143,9 +143,9 @@ class PermutationSpec:
         model: ModelSource,
         state: Mapping[str, torch.Tensor],
         example_input: torch.Tensor,
-        *,
         seed: int = 0,
         atol: float | None = None,
+        *,
         dtype: torch.dtype | None = torch.float64,
     ) -> float:
         """Check that random permutations leave the network's outputs unchanged.

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from core.alignment.spec import PermutationSpec
+from core.errors import MergerError
 
 Shapes = Mapping[str, tuple[int, ...]]
 State = Mapping[str, torch.Tensor]
@@ -31,6 +32,23 @@ class Architecture:
     build: Callable[[State], nn.Module]
     input_shape: tuple[int, ...] | None = None
     notes: list[str] = field(default_factory=list)
+
+    def example_input(self, batch: int = 2, seed: int = 0) -> torch.Tensor | None:
+        """A random batch of the model's input shape, or None if the shape is unknown."""
+        if self.input_shape is None:
+            return None
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn((batch, *self.input_shape), generator=gen)
+
+    def self_test(self, state: State, seed: int = 0) -> float:
+        """`spec.self_test` with this architecture's builder and a random example input."""
+        example = self.example_input(seed=seed)
+        if example is None:
+            raise MergerError(
+                f"architecture '{self.name}' does not know its input shape",
+                hint="call spec.self_test with an example input",
+            )
+        return self.spec.self_test(self.build, state, example, seed)
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,19 @@ def attach(root: nn.Module, path: str, module: nn.Module) -> nn.Module:
 
 
 def load_exact(module: nn.Module, state: State, family: str) -> nn.Module:
-    """Load `state` strictly; a mismatch here is a bug in the family's builder."""
-    module.load_state_dict(dict(state), strict=True)
+    """Load `state` strictly into the module built from its own shapes.
+
+    A mismatch means the checkpoint has a variant the builder does not know (say, a
+    BatchNorm without running statistics); say so instead of showing torch's message.
+    """
+    try:
+        module.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:
+        detail = str(exc).split("\n\t", 2)[1:2] or [str(exc)]
+        raise MergerError(
+            f"the checkpoint does not load into the '{family}' model rebuilt from its "
+            f"shapes: {detail[0].strip()}",
+            hint="this variant is not supported by the built-in family; "
+            "give the model as --arch path/to/model.py:factory",
+        ) from exc
     return module.eval()

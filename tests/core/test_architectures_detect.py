@@ -39,3 +39,22 @@ def test_explicit_name_is_case_insensitive_and_spec_sizes_are_filled():
     state = {"fc1.weight": torch.randn(5, 4), "fc2.weight": torch.randn(2, 5)}
     arch = resolve_architecture("MLP", state)
     assert arch.spec.sizes == {"P_fc1": 5}
+
+
+def test_architecture_self_test_uses_its_input_shape():
+    from core.architectures.factories import resnet20_state, vgg_state
+
+    state = vgg_state([4, "M", 6, "M"], batchnorm=True, hidden=(5,), seed=2)
+    arch = resolve_architecture(None, state)
+    assert arch.example_input(batch=3).shape == (3, 3, 4, 4)
+    assert arch.self_test(state) < 1e-10
+    assert resolve_architecture(None, resnet20_state(1)).self_test(resnet20_state(1)) < 1e-10
+
+
+def test_unsupported_variant_gets_a_merger_error_not_a_torch_error():
+    from core.architectures.factories import vgg_state
+
+    state = vgg_state([4, "M"], batchnorm=True, hidden=(5,))
+    state = {k: v for k, v in state.items() if "running" not in k}
+    with pytest.raises(MergerError, match="Missing key"):
+        resolve_architecture(None, state).build(state)
