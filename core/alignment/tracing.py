@@ -43,7 +43,10 @@ ELEMENTWISE_FUNCTIONS = {
     F.tanh, torch.sigmoid, F.sigmoid, F.hardtanh, F.hardswish, F.softplus, F.dropout,
     torch.nn.functional.dropout2d, torch.exp, torch.abs, torch.neg, operator.neg,
 }  # fmt: skip
-ELEMENTWISE_METHODS = {"relu", "tanh", "sigmoid", "exp", "abs", "neg", "contiguous", "clone"}
+ELEMENTWISE_METHODS = {
+    "relu", "relu_", "tanh", "sigmoid", "exp", "abs", "neg", "contiguous", "clone",
+}  # fmt: skip
+RESHAPE_METHODS = {"view", "reshape", "squeeze"}
 POOL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
@@ -256,17 +259,23 @@ class _Tracer:
         self.features[node] = _Feature(src.key, src.block)
 
     def reshape(self, node: fx.Node, src: _Feature, what: str) -> None:
-        """Flatten (N, C, *S) to (N, C·|S|): the feature axis keeps its key, block × |S|."""
+        """Flatten (N, C, *S) to (N, C·|S|): the feature axis keeps its key, block × |S|.
+
+        Reshapes that keep (N, C) and only regroup the trailing dims (squeeze after a
+        global pool) keep the feature axis as it is; any other reshape is refused.
+        """
         before = self.shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
         after = self.shape(node)
         if before is None or after is None:
             raise self.refuse(node, what, "the shapes are unknown")
-        if before == after:
-            self.features[node] = _Feature(src.key, src.block)
-            return
-        if len(after) != 2 or after[0] != before[0] or len(before) < 2:
+        same_batch = len(before) >= 2 and len(after) >= 2 and after[0] == before[0]
+        spatial = prod(before[2:])
+        if same_batch and after[1] == before[1] and prod(after[2:]) == spatial:
+            self.features[node] = _Feature(src.key, src.block)  # only trailing dims change
+        elif same_batch and len(after) == 2 and after[1] == before[1] * spatial:
+            self.features[node] = _Feature(src.key, src.block * spatial)
+        else:
             raise self.refuse(node, what, f"a reshape from {list(before)} to {list(after)}")
-        self.features[node] = _Feature(src.key, src.block * prod(before[2:]))
 
     def call_function(self, node: fx.Node) -> None:
         fn = node.target
@@ -275,6 +284,8 @@ class _Tracer:
             self.binary(node, what)
         elif fn in ELEMENTWISE_FUNCTIONS or fn in POOL_FUNCTIONS:
             self.pass_through(node, self.feature(node, node.args[0], what), what)
+        elif fn in (torch.squeeze, torch.reshape):
+            self.reshape(node, self.feature(node, node.args[0], what), what)
         elif fn is torch.flatten:
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             if start != 1:
@@ -295,7 +306,7 @@ class _Tracer:
             self.binary(node, what)
         elif name in ELEMENTWISE_METHODS:
             self.pass_through(node, self.feature(node, node.args[0], what), what)
-        elif name in ("view", "reshape", "flatten"):
+        elif name in RESHAPE_METHODS or name == "flatten":
             if name == "flatten" and (node.args[1:2] or (node.kwargs.get("start_dim", 0),)) != (1,):
                 raise self.refuse(node, what, "only flatten from dim 1 keeps the batch")
             self.reshape(node, self.feature(node, node.args[0], what), what)

@@ -98,6 +98,24 @@ def test_residual_add_joins_the_stream():
     assert set(spec.groups) == {"P_stem", "P_a"}
 
 
+def test_squeeze_after_global_pool_keeps_channels():
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 5, 3)
+            self.pool = nn.AdaptiveMaxPool2d(1)
+            self.fc = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.fc(self.pool(nn.functional.silu(self.conv(x))).squeeze(-1).squeeze(-1))
+
+    spec, diff = _traced_self_test(Net(), torch.randn(2, 2, 5, 5))
+    assert diff < 1e-10 and spec.blocks == {}
+    assert spec.groups == {"P_conv": [("conv.weight", 0), ("conv.bias", 0), ("fc.weight", 1)]}
+
+
 def test_first_input_and_last_output_are_not_permuted():
     spec = trace_spec(nn.Linear(4, 3), torch.randn(2, 4))
     assert spec.groups == {}
@@ -158,6 +176,16 @@ class _Branchy(nn.Module):
         return -self.a(x)
 
 
+class _Regroup(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 1)
+        self.b = nn.Linear(2 * 2 * 9, 3)
+
+    def forward(self, x):
+        return self.b(self.a(x).view(x.size(0), 2, -1).flatten(1))
+
+
 class _Attention(nn.Module):
     def __init__(self):
         super().__init__()
@@ -174,6 +202,7 @@ class _Attention(nn.Module):
         (_Transpose(), torch.randn(2, 4), ["method .t()", "node 't'"]),
         (_DirectParam(), torch.randn(2, 4), ["parameter 'scale'", "used directly"]),
         (_Branchy(), torch.randn(2, 4), ["torch.fx cannot trace _Branchy"]),
+        (_Regroup(), torch.randn(2, 1, 3, 3), ["reshape from [2, 4, 3, 3] to [2, 2, 18]"]),
         (_Attention(), torch.randn(2, 3, 4), ["MultiheadAttention 'attn'", "not supported"]),
         (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 2, 1)),
          torch.randn(1, 4, 5, 5), ["Conv2d '0'", "grouped convolution"]),
