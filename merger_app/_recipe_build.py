@@ -133,10 +133,12 @@ def build_recipe(
     )
 
 
-def merge_blockers(
-    spec: MethodSpec, rows: Sequence[ModelRow], *, data: str | None, arch: str | None
-) -> list[str]:
-    """Why Merge cannot run yet, in the words the hint label shows; [] when it can."""
+def merge_blockers(spec: MethodSpec, rows: Sequence[ModelRow], *, data: str | None) -> list[str]:
+    """Why Merge cannot run yet, in the words the hint label shows; [] when it can.
+
+    A missing architecture blocks nothing: core detects built-in families from the
+    checkpoint, and says clearly when it cannot.
+    """
     if not rows:
         return ["Add models to merge: File ▸ Add Models (Ctrl+O) or drop files on the window."]
     out = []
@@ -157,8 +159,6 @@ def merge_blockers(
         )
     if needs.data and not data:
         out.append(f"{spec.label} needs evaluation data: choose 'digits' or a .npz file.")
-    if needs.arch and not arch:
-        out.append(f"{spec.label} needs the architecture: pick a family or a .py:factory.")
     out.extend(f"{r.name} cannot be merged: {r.problem}" for r in rows if r.problem)
     return out
 

@@ -297,7 +297,7 @@ class QtMainWindow(QMainWindow):
         if self.runner.running:
             return [f"{self.runner.name.capitalize()} is running; wait or cancel it (Esc)."]
         m = self.method
-        out = merge_blockers(m.spec(), self.models.model.rows(), data=m.data(), arch=m.arch())
+        out = merge_blockers(m.spec(), self.models.model.rows(), data=m.data())
         if out:
             return out
         try:
@@ -316,7 +316,7 @@ class QtMainWindow(QMainWindow):
             return False
         recipe = self.current_recipe()
         self._merge_count += 1
-        out = self._session / f"merged-{self._merge_count}.safetensors"
+        out = self._session / f"merged-{self._merge_count}"  # a folder: keeps config + recipe
         device, threads = self.settings.device(), self.settings.threads()
 
         def job(progress):

@@ -7,10 +7,14 @@ worker thread running or a visible top-level window behind (Qt's silent failures
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-from pathlib import Path  # noqa: E402
+# pytest puts tests/ on sys.path (tests/conftest.py, no __init__.py), where tests/core
+# would shadow the real `core` as a namespace package; the repository root goes first.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import pytest  # noqa: E402
 
@@ -49,10 +53,57 @@ def settings(tmp_path):
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
-    """The real demo models (trained once per test session, a few seconds)."""
+    """The real demo models, trained once per session in <cache>/demo (~35 s of CPU).
+
+    Kept at `$MERGER_CACHE_DIR/demo`'s layout so a `merger-app --demo` subprocess given
+    `MERGER_CACHE_DIR=demo.folder.parent` reuses them.
+    """
     from core.demo import make_demo
 
-    return make_demo(tmp_path_factory.mktemp("demo"))
+    return make_demo(tmp_path_factory.mktemp("democache") / "demo")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Demo-shaped models in milliseconds: an MLP 64-32-32-10 base, three fine-tunes
+    (base + small noise), two independent seeds, and an .npz data set."""
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    shapes = {
+        "layers.0.weight": (32, 64),
+        "layers.0.bias": (32,),
+        "layers.2.weight": (32, 32),
+        "layers.2.bias": (32,),
+        "layers.4.weight": (10, 32),
+        "layers.4.bias": (10,),
+    }
+
+    def random_model():
+        return {k: rng.standard_normal(s).astype(np.float32) * 0.2 for k, s in shapes.items()}
+
+    base = random_model()
+    models = {}
+    for key in ("a", "b", "c"):
+        tuned = {
+            k: v + rng.standard_normal(v.shape).astype(np.float32) * 0.01 for k, v in base.items()
+        }
+        models[key] = save_tiny(folder / f"finetuned_{key}.safetensors", tuned)
+    seeds = tuple(save_tiny(folder / f"seed_{i}.safetensors", random_model()) for i in (1, 2))
+    data = folder / "data.npz"
+    np.savez(
+        data,
+        x=rng.standard_normal((256, 64)).astype(np.float32),
+        y=rng.integers(0, 10, 256).astype(np.int64),
+    )
+    return SimpleNamespace(
+        folder=folder,
+        base=save_tiny(folder / "base.safetensors", base),
+        models=models,
+        seeds=seeds,
+        data=data,
+    )
 
 
 @pytest.fixture

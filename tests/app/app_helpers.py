@@ -1,0 +1,49 @@
+"""Drive the real window the way its menus and buttons do, and wait for its jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.methods import REGISTRY
+
+
+def wait_idle(window, qtbot, timeout: int = 60_000) -> None:
+    qtbot.waitUntil(lambda: not window.runner.running, timeout=timeout)
+
+
+def merge(window, qtbot, timeout: int = 60_000):
+    """Click Merge and wait; returns the MergeResult (None when it failed or was cancelled)."""
+    assert window.merge_button.isEnabled(), window.merge_button.toolTip()
+    with qtbot.waitSignal(window.merge_finished, timeout=timeout) as blocker:
+        window.merge_button.click()
+    wait_idle(window, qtbot)
+    return blocker.args[0]
+
+
+def save(window, qtbot, options, *, overwrite: bool = False, timeout: int = 60_000):
+    with qtbot.waitSignal(window.save_finished, timeout=timeout) as blocker:
+        assert window.save_to(options, overwrite=overwrite)
+    wait_idle(window, qtbot)
+    return blocker.args[0]
+
+
+def load_demo(window, qtbot, demo) -> None:
+    with qtbot.waitSignal(window.demo_loaded, timeout=60_000):
+        window.load_demo(demo.folder)
+    wait_idle(window, qtbot)
+
+
+def load_for_method(window, demo, name: str) -> None:
+    """Models a method can merge: seeds for alignment, base + fine-tunes otherwise."""
+    spec = REGISTRY.get(name)
+    window.models.model.set_rows([])
+    window.method.set_method(name)
+    if spec.needs.arch or spec.needs.data:  # permutation alignment: independent models
+        paths: list[Path] = list(demo.seeds)
+    else:
+        tuned = list(demo.models.values())
+        limit = spec.needs.max_models or len(tuned)
+        paths = [demo.base, *tuned[:limit]]
+    assert not window.add_models(paths)
+    if spec.needs.data:
+        window.method.data_combo.setCurrentText(str(demo.data))
