@@ -227,12 +227,28 @@ def _check_finite(tensor: torch.Tensor, name: str, path: str) -> None:
         )
 
 
+def absolute_recipe(recipe: Recipe) -> Recipe:
+    """The recipe with absolute model, data and architecture paths, so that the copy
+    stored beside a merged model runs from any working folder."""
+
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else path
+
+    models = tuple(ModelEntry(absolute(m.model), m.parameters) for m in recipe.models)
+    data = recipe.data if recipe.data in (None, "digits") else absolute(recipe.data)
+    arch = recipe.arch
+    if arch and ".py:" in arch:
+        file, _, factory = arch.rpartition(":")
+        arch = f"{absolute(file)}:{factory}"
+    return recipe.with_(models=models, base_model=absolute(recipe.base_model), data=data, arch=arch)
+
+
 def _metadata(recipe: Recipe, session: _Session, hashes: Mapping[str, str]) -> dict[str, str]:
     sources = [{"path": p, "sha256": hashes.get(p, "")} for p in session.paths]
     return {
         "format": "pt",
         "merger_version": __version__,
-        "merger_recipe": recipe.to_yaml(),
+        "merger_recipe": absolute_recipe(recipe).to_yaml(),
         "merger_sources": json.dumps(sources),
     }
 
@@ -241,7 +257,7 @@ def _extra_files(recipe: Recipe, session: _Session, out: str | Path) -> dict[str
     """Files written beside the weights when the output is a folder (HF layout)."""
     if str(out).endswith(".safetensors"):
         return None
-    files = {"merger_recipe.yaml": recipe.to_yaml().encode()}
+    files = {"merger_recipe.yaml": absolute_recipe(recipe).to_yaml().encode()}
     config = session.reference.config
     if config is not None:
         files["config.json"] = json.dumps(config, indent=2).encode()

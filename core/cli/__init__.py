@@ -14,10 +14,10 @@ import traceback
 from collections.abc import Sequence
 
 from core import __version__
-from core.cli import cmd_align, cmd_info, cmd_merge
+from core.cli import cmd_align, cmd_eval, cmd_info, cmd_merge
 from core.errors import Cancelled, MergerError
 
-COMMAND_MODULES = [cmd_info, cmd_merge, cmd_align]
+COMMAND_MODULES = [cmd_info, cmd_merge, cmd_align, cmd_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -156,3 +156,16 @@ def test_bad_set_value_names_the_parameter(demo, tmp_path, capsys):
     )
     assert code == 1
     assert "density" in capsys.readouterr().err
+
+
+def test_eval_reports_accuracy_of_merged_model(demo, tmp_path, capsys):
+    out = tmp_path / "ta"
+    assert main(["run", str(demo.recipes["task_arithmetic"]), "-o", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert (
+        main(["eval", str(demo.models["0-4"]), str(out), "--data", str(demo.data), "--json"]) == 0
+    )
+    finetuned, merged = json.loads(capsys.readouterr().out)
+    assert merged["n"] == finetuned["n"] == 449
+    # the fine-tune forgot half the digits; adding both task vectors to the base recovers them
+    assert merged["accuracy"] > finetuned["accuracy"] + 0.1
