@@ -7,6 +7,18 @@
   `resnet20`, `resnet18`, `resnet50`;
 * `path/to/model.py:factory`: import that file, call `factory()` for an `nn.Module`, load
   the checkpoint into it strictly, trace its spec with torch.fx and self-test it.
+
+Families (details and parameter names in each module):
+
+| name       | recognised by                                   | module            |
+|------------|-------------------------------------------------|-------------------|
+| `mlp`      | only 2-D `*.weight` (+ `*.bias`) forming a chain | mlp.py            |
+| `vgg`      | `features.N` convs (+BN), `classifier.N` Linear  | vgg.py            |
+| `resnet20` | `conv1`, `norm1`, `layerS.B.normK`, `shortcut`    | resnet_families.py |
+| `resnet18` | torchvision names, basic blocks (ResNet-18/34)   | resnet_families.py |
+| `resnet50` | torchvision names, bottlenecks (ResNet-50/101/152) | resnet_families.py |
+
+`factories.py` writes random-init state dicts of each family at any size.
 """
 
 from __future__ import annotations
