@@ -127,3 +127,20 @@ def save_tiny(path: Path, tensors: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def big(tmp_path_factory):
+    """Four 96 MB models (24 × 1024² float32 each): merges that take seconds, not ms."""
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("big")
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(4):
+        state = {
+            f"layers.{j}.weight": rng.standard_normal((1024, 1024), dtype=np.float32)
+            for j in range(12)
+        }
+        paths.append(save_tiny(folder / f"big_{i}.safetensors", state))
+    return SimpleNamespace(folder=folder, base=paths[0], models=dict(enumerate(paths[1:])))

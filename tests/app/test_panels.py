@@ -1,0 +1,204 @@
+"""The models table and the method form, as the user edits them in the real window."""
+
+from __future__ import annotations
+
+import pytest
+from app_helpers import load_for_method
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QSpinBox
+
+from core.methods import REGISTRY
+from core.recipe import Recipe
+from merger_app._recipe_build import PerTensor
+
+H = Qt.Orientation.Horizontal
+
+
+def headers(table) -> list[str]:
+    return [table.headerData(c, H, Qt.ItemDataRole.DisplayRole) for c in range(table.columnCount())]
+
+
+def test_rows_show_what_the_headers_say(window, tiny):
+    assert not window.add_models([tiny.base, tiny.models["a"]])
+    table = window.models.model
+    window.method.set_method("linear")
+    assert headers(table) == ["Name", "Role", "Weight", "Format", "Parameters", "Dtype", "Size"]
+    row = [table.index(0, c).data() for c in range(table.columnCount())]
+    # 32·64+32 + 32·32+32 + 10·32+10 = 3466 float32 parameters, 13 864 bytes
+    assert row == ["base.safetensors", "base", "1", "safetensors", "3.47K", "float32", "13.5 KB"]
+
+
+def test_adding_the_same_file_twice_keeps_one_row(window, tiny):
+    same = str(tiny.folder / "x" / ".." / "base.safetensors")
+    window.add_models([tiny.base])
+    window.add_models([same])
+    assert len(window.models.model.rows()) == 1
+
+
+def test_a_file_that_is_no_model_is_refused_with_its_name(window, tmp_path):
+    bad = tmp_path / "notes.safetensors"
+    bad.write_bytes(b"not a model")
+    errors = window.add_models([bad])
+    assert len(errors) == 1 and "notes.safetensors" in errors[0]
+    assert window.models.model.rows() == []
+    assert "notes.safetensors" in window.last_error.text()
+    window.last_error.close()
+
+
+def test_one_base_at_a_time_and_per_model_columns_follow_the_method(window, tiny):
+    load_for_method(window, tiny, "ties")
+    table = window.models.model
+    assert headers(table)[2:4] == ["Weight", "Density"]
+    assert table.setData(table.index(2, 1), "base")
+    assert [r.role for r in table.rows()] == ["input", "input", "base", "input"]
+    assert not table.setData(table.index(0, 1), "judge")
+    assert table.setData(table.index(1, 3), 0.25)
+    assert not table.setData(table.index(1, 3), 1.5)  # density must stay in [0, 1]
+    assert table.rows()[1].values == {"density": 0.25}
+    window.method.set_method("task_arithmetic")  # keeps the weight column, drops density
+    assert headers(table)[2:4] == ["Weight", "Format"]
+    recipe = window.current_recipe()
+    assert recipe.base_model == table.rows()[2].path
+    assert [m.parameters for m in recipe.models] == [{"weight": 1.0}] * 3
+
+
+def test_move_and_remove(window, tiny):
+    load_for_method(window, tiny, "linear")
+    panel = window.models
+    names = [r.name for r in panel.model.rows()]
+    panel.view.selectRow(1)
+    panel.up_button.click()
+    assert [r.name for r in panel.model.rows()] == [names[1], names[0], *names[2:]]
+    panel.view.selectRow(0)
+    panel.remove_button.click()
+    assert [r.name for r in panel.model.rows()] == [names[0], *names[2:]]
+
+
+def test_incompatible_models_are_marked_with_the_reason(window, tiny, tmp_path):
+    import numpy as np
+    from conftest import save_tiny
+
+    other = save_tiny(
+        tmp_path / "other.safetensors", {"layers.0.weight": np.zeros((16, 64), np.float32)}
+    )
+    window.method.set_method("task_arithmetic")
+    window.add_models([tiny.base, other])
+    table = window.models.model
+    problem = table.rows()[1].problem
+    assert problem and "layers.0.weight" in problem
+    assert not table.index(1, 0).data(Qt.ItemDataRole.DecorationRole).isNull()
+    assert problem in table.index(1, 0).data(Qt.ItemDataRole.ToolTipRole)
+    assert not window.merge_button.isEnabled()
+    assert "other.safetensors cannot be merged" in window.merge_button.toolTip()
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        (lambda w, t: None, "Add models"),
+        (
+            lambda w, t: (w.method.set_method("slerp"), w.add_models([t.base, *t.models.values()])),
+            "at most 1 input model",
+        ),
+        (
+            lambda w, t: (
+                w.method.set_method("ties"),
+                w.add_models([t.base, t.models["a"]]),
+                w.models.model.setData(w.models.model.index(0, 1), "input"),
+            ),
+            "needs a base model",
+        ),
+    ],
+)
+def test_merge_is_disabled_with_the_reason(window, tiny, setup, reason):
+    setup(window, tiny)
+    assert not window.merge_button.isEnabled()
+    assert reason in window.merge_button.toolTip()
+    assert reason in window.hint.text()
+
+
+@pytest.mark.parametrize("name", REGISTRY.names())
+def test_form_is_generated_from_the_schema(window, name):
+    window.method.set_method(name)
+    spec = REGISTRY.get(name)
+    form = window.method.form
+    for p in spec.params:
+        if p.per_model:
+            continue
+        editor = form.editor(p.name)
+        kind = {"float": QDoubleSpinBox, "int": QSpinBox, "bool": QCheckBox, "choice": QComboBox}[
+            p.type
+        ]
+        assert isinstance(editor, kind)
+        assert editor.toolTip() == p.help
+        if p.min is not None:
+            assert editor.minimum() == p.min and editor.maximum() == p.max
+    assert form.values() == {p.name: p.default for p in spec.params if not p.per_model}
+    assert spec.description in window.method.description.text()
+
+
+def test_reset_restores_defaults(window):
+    window.method.set_method("ties")
+    form = window.method.form
+    form.set_values({"lambda": 2.5, "normalize": False, "rescale_mode": "inverse"})
+    assert form.values()["lambda"] == 2.5
+    window.method.reset_button.click()
+    spec = REGISTRY.get("ties")
+    assert form.values() == {p.name: p.default for p in spec.params if not p.per_model}
+
+
+def test_seed_and_data_fields_appear_only_where_used(window):
+    window.method.set_method("task_arithmetic")
+    assert window.method.seed.isHidden() and window.method.data_combo.isHidden()
+    window.method.set_method("dare_ties")
+    assert not window.method.seed.isHidden()
+    window.method.set_method("activation_matching")
+    assert not window.method.data_combo.isHidden() and not window.method.arch_combo.isHidden()
+
+
+def test_per_layer_values_become_mergekit_values_in_the_recipe(window, tiny):
+    load_for_method(window, tiny, "task_arithmetic")
+    editor = window.method.per_tensor
+    editor.set_expanded(True)
+    editor.select_param("lambda")
+    editor.gradient.setText("0, 0.5, 1")
+    editor.add_filter("layers.4", 0.2)
+    recipe = window.current_recipe()
+    assert recipe.parameters["lambda"] == [
+        {"filter": "layers.4", "value": 0.2},
+        {"value": [0.0, 0.5, 1.0]},
+    ]
+    editor.gradient.setText("0, x")
+    assert editor.error_label.isVisibleTo(editor) and "numbers" in editor.error_label.text()
+    assert not window.merge_button.isEnabled()
+
+
+def test_open_recipe_fills_the_panels_and_export_writes_it_back(window, tiny, tmp_path):
+    original = Recipe.from_dict(
+        {
+            "merge_method": "ties",
+            "base_model": str(tiny.base),
+            "models": [
+                {"model": str(tiny.base)},
+                {"model": str(tiny.models["a"]), "parameters": {"weight": 0.7, "density": 0.3}},
+                {"model": str(tiny.models["b"]), "parameters": {"weight": 1.0, "density": 0.5}},
+            ],
+            "parameters": {"lambda": [0.5, 1.0], "normalize": False},
+            "seed": 7,
+            "out_dtype": "float16",
+        }
+    )
+    original.save(tmp_path / "in.yaml")
+    assert window.open_recipe(tmp_path / "in.yaml")
+    assert window.method.spec().name == "ties"
+    assert window.method.per_tensor_values() == {"lambda": PerTensor(gradient=(0.5, 1.0))}
+    assert [r.role for r in window.models.model.rows()] == ["base", "input", "input"]
+    assert window.export_recipe(tmp_path / "out.yaml")
+    back = Recipe.load(tmp_path / "out.yaml")
+    assert back.merge_method == "ties" and back.seed == 7 and back.out_dtype == "float16"
+    assert back.base_model == str(tiny.base)
+    assert [(m.model, dict(m.parameters)) for m in back.models] == [
+        (str(tiny.models["a"]), {"weight": 0.7, "density": 0.3}),
+        (str(tiny.models["b"]), {"weight": 1.0, "density": 0.5}),
+    ]
+    assert back.parameters["lambda"] == [0.5, 1.0] and back.parameters["normalize"] is False

@@ -1,0 +1,112 @@
+"""Background work in the real window: cancel, responsiveness, close during a job, errors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from app_helpers import load_for_method, merge, wait_idle
+from PySide6.QtCore import QElapsedTimer, QTimer
+
+from merger_app.qt_worker import live_threads
+
+
+def session_files(window) -> list[str]:
+    return sorted(p.name for p in window._session.iterdir())
+
+
+def load_big(window, big) -> None:
+    """TIES keeping 30 %: the trim's top-k makes it the slowest tensorwise method."""
+    assert not window.add_models([big.base, *big.models.values()])
+    window.method.set_method("ties")
+    table = window.models.model
+    for row in range(table.rowCount()):
+        assert table.setData(table.index(row, 3), 0.3)  # density column
+
+
+def start_big_merge(window, qtbot, big) -> None:
+    load_big(window, big)
+    with qtbot.waitSignal(window.runner.progress, timeout=30_000):
+        assert window.merge()
+
+
+@pytest.mark.slow
+def test_cancel_stops_within_a_second_and_leaves_nothing(window, qtbot, big):
+    start_big_merge(window, qtbot, big)
+    assert window.actions.cancel.isEnabled() and not window.merge_button.isEnabled()
+    t0 = time.monotonic()
+    with qtbot.waitSignal(window.merge_finished, timeout=5000) as blocker:
+        window.jobs.cancel_button.click()
+    assert time.monotonic() - t0 < 1.0
+    assert blocker.args == [None]
+    wait_idle(window, qtbot)
+    assert session_files(window) == []  # no merged model, no temporary file
+    assert window.result is None and not window.save_button.isEnabled()
+    assert "cancelled" in window.jobs.step.text()
+    assert window.merge_button.isEnabled()
+
+
+@pytest.mark.slow
+def test_event_loop_never_stalls_during_a_long_merge(window, qtbot, big):
+    """A 10 ms timer keeps firing while the merge runs: no gap over 100 ms."""
+    gaps: list[float] = []
+    clock = QElapsedTimer()
+    last = [0]
+
+    def tick() -> None:
+        now = clock.elapsed()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    load_big(window, big)
+    clock.start()
+    timer.start()
+    t0 = time.monotonic()
+    result = merge(window, qtbot, timeout=120_000)
+    took = time.monotonic() - t0
+    timer.stop()
+    assert result is not None
+    assert took > 1.0, f"the merge took only {took:.2f} s; the test needs a longer one"
+    assert len(gaps) > 50
+    print(f"merge {took:.2f} s, {len(gaps)} ticks, longest gap {max(gaps[1:])} ms")
+    assert max(gaps[1:]) < 100, f"the event loop stalled for {max(gaps[1:])} ms"
+
+
+@pytest.mark.slow
+def test_closing_during_a_merge_cancels_and_waits(window, qtbot, big):
+    start_big_merge(window, qtbot, big)
+    session = window._session
+    window.close()
+    assert not live_threads()  # close waited for the worker
+    assert not session.exists()  # and removed the session folder
+
+
+def test_failed_merge_shows_the_error_with_details(window, qtbot, tiny, tmp_path):
+    import shutil
+
+    gone = shutil.copy(tiny.models["a"], tmp_path / "gone.safetensors")
+    load_for_method(window, tiny, "task_arithmetic")
+    assert not window.add_models([gone])
+    (tmp_path / "gone.safetensors").unlink()  # vanishes after it was added
+    assert merge(window, qtbot) is None
+    box = window.last_error
+    assert box is not None and box.isVisible()
+    assert "gone.safetensors" in box.text()
+    assert box.detailedText()  # the traceback, folded under Show Details
+    assert "failed" in window.jobs.step.text()
+    box.close()
+
+
+def test_unsaved_result_asks_before_closing(window, qtbot, tiny):
+    load_for_method(window, tiny, "linear")
+    assert merge(window, qtbot) is not None
+    asked: list[int] = []
+    window.ask_unsaved = lambda: asked.append(1) or "cancel"
+    window.close()
+    assert asked and window.isVisible()  # Cancel keeps the window open
+    window.ask_unsaved = lambda: "discard"
+    window.close()
+    assert not window.isVisible()

@@ -1,0 +1,143 @@
+"""The window's shell: settings that persist, drag and drop, shortcuts, status bar, sizes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QMimeData, QUrl
+from PySide6.QtGui import QImage, QKeySequence
+
+from merger_app.qt_main_window import QtMainWindow, dropped_paths
+from merger_app.qt_settings import QtAppSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_settings_persist_across_windows(qtbot, settings, tiny):
+    first = QtMainWindow(settings)
+    qtbot.addWidget(first)
+    first.show()
+    first.resize(700, 500)  # within the offscreen screen (restoreGeometry keeps it there)
+    first.add_models([tiny.base, tiny.models["a"]])
+    first.set_device("cpu")
+    first.set_threads(2)
+    first.close()
+
+    again = QtMainWindow(QtAppSettings.at(settings.qsettings.fileName()))
+    qtbot.addWidget(again)
+    again.show()
+    assert (again.width(), again.height()) == (700, 500)
+    assert again.settings.recent_models()[:2] == [str(tiny.base), str(tiny.models["a"])]
+    recent = [a.toolTip() for a in again.actions.recent_menu.actions() if a.toolTip()]
+    assert str(tiny.base) in recent
+    assert again.actions.devices["cpu"].isChecked()
+    assert again.status.device.text() == "Device: CPU · 2 threads"
+    assert again.status.memory.text().startswith("Memory: ")
+    again.close()
+
+
+def test_drop_adds_models_and_opens_recipes(window, tiny, tmp_path):
+    mime = QMimeData()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hi")
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in (tiny.base, tiny.models["a"], notes)])
+    mime.setUrls([*mime.urls(), QUrl("https://example.com/model.safetensors")])
+    paths = dropped_paths(mime)
+    assert paths == [str(tiny.base), str(tiny.models["a"])]  # no text file, no web link
+    window.drop_paths(paths)
+    assert len(window.models.model.rows()) == 2
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {tiny.models['b']}\n")
+    window.drop_paths([str(recipe)])
+    assert window.method.spec().name == "linear"
+    assert [r.path for r in window.models.model.rows()] == [str(tiny.models["b"])]
+
+
+@pytest.mark.parametrize(
+    ("action", "keys"),
+    [
+        ("add_models", "Ctrl+O"),
+        ("merge", "Ctrl+Return"),
+        ("merge", "Ctrl+M"),
+        ("cancel", "Esc"),
+        ("save", "Ctrl+S"),
+        ("open_recipe", "Ctrl+Shift+O"),
+        ("export_recipe", "Ctrl+E"),
+    ],
+)
+def test_shortcuts(window, action, keys):
+    assert QKeySequence(keys) in getattr(window.actions, action).shortcuts()
+
+
+@pytest.mark.parametrize(("w", "h"), [(1280, 800), (1920, 1080)])
+def test_layout_fits_common_screens(window, tiny, qtbot, w, h):
+    window.add_models([tiny.base, *tiny.models.values()])
+    window.resize(w, h)
+    qtbot.waitUntil(lambda: window.width() == w)
+    for widget in (
+        window.models.view,
+        window.method.combo,
+        window.merge_button,
+        window.jobs.log,
+        window.jobs.bar,
+    ):
+        assert widget.isVisible() and widget.width() > 0 and widget.height() > 0
+        geo = widget.geometry()
+        top_left = widget.mapTo(window, geo.topLeft() - geo.topLeft())
+        assert 0 <= top_left.x() < w and 0 <= top_left.y() < h
+    assert window.merge_button.sizeHint().width() <= window.merge_button.width()
+
+
+def run_app(args: list[str], tmp_path: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "MERGER_CACHE_DIR": str(cache),
+        "QT_QPA_PLATFORM": "offscreen",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "HOME": str(tmp_path),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "merger_app", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_png(path: Path, size: tuple[int, int]) -> None:
+    image = QImage(str(path))
+    assert not image.isNull()
+    assert (image.width(), image.height()) == size
+    w, h = size
+    colors = {image.pixel(x, y) for x in range(0, w, 40) for y in range(0, h, 40)}
+    assert len(colors) > 5  # a drawn window, not a blank image
+
+
+@pytest.mark.slow
+def test_screenshot_of_a_recipe_at_full_hd(tiny, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"merge_method: task_arithmetic\nbase_model: {tiny.base}\n"
+        f"models:\n  - model: {tiny.models['a']}\n"
+    )
+    out = tmp_path / "shots" / "shot.png"
+    proc = run_app(
+        [str(recipe), "--screenshot", str(out), "--size", "1920x1080"], tmp_path, tmp_path / "cache"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert_png(out, (1920, 1080))
+
+
+@pytest.mark.slow
+def test_demo_screenshot_command(demo, tmp_path):
+    """The command the README's screenshot comes from."""
+    out = tmp_path / "shot.png"
+    proc = run_app(["--demo", "--screenshot", str(out)], tmp_path, demo.folder.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert_png(out, (1280, 800))
