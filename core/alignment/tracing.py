@@ -357,7 +357,11 @@ class _Tracer:
         for root, axes in members.items():
             axes.sort(key=lambda ta: (order.get(ta[0], 0), ta[1]))
             producer = next((t for t, a in axes if a == 0), axes[0][0])
-            name = f"P_{producer.rsplit('.', 1)[0]}"
+            name = base = f"P_{producer.rsplit('.', 1)[0]}"
+            suffix = 1
+            while name in groups:
+                suffix += 1
+                name = f"{base}#{suffix}"
             groups[name] = axes
             activations[name] = [m for m, k in self.activation_modules if self.uf.find(k) == root]
         blocks = {k: b for k, b in self.blocks.items() if self.uf.find(k) not in fixed}
