@@ -14,6 +14,7 @@ second, aborts the writer (no partial output remains) and re-raises.
 
 from __future__ import annotations
 
+import mmap
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from core.checkpoints.tensor_info import itemsize
 from core.jobs import Progress
 
 POLL_SECONDS = 0.05
+ALIGNED_MIN_BYTES = 1 << 20
 _DONE = object()
 
 
@@ -86,7 +88,7 @@ class BufferPool:
                     self.peak = max(self.peak, self._allocated)
                     break
                 self._cond.wait(POLL_SECONDS)
-        return torch.empty(shape, dtype=dtype)
+        return aligned_empty(shape, dtype)
 
     def give(self, buffer: torch.Tensor) -> None:
         key = (tuple(buffer.shape), buffer.dtype)
@@ -104,6 +106,17 @@ class BufferPool:
                 self._allocated -= _nbytes(*key)
             if not self._free[key]:
                 del self._free[key]
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor whose memory is page-aligned (anonymous mmap), so the
+    writer can send it to disk with direct I/O without copying; small ones come from
+    torch's allocator."""
+    nbytes = _nbytes(shape, dtype)
+    if nbytes < ALIGNED_MIN_BYTES:
+        return torch.empty(shape, dtype=dtype)
+    raw = torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)
+    return raw.view(dtype).view(shape)
 
 
 def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:

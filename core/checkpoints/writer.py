@@ -5,14 +5,12 @@ is written first and every tensor's bytes go straight from its memory to the fil
 whole shard is ever held in RAM (mergekit's writer holds a shard plus a bytes copy of
 it). The header is padded with spaces so metadata added later (`set_metadata`) can be
 written over it in place; if it outgrows the room, the data is moved once at commit.
-Writeback is started early (`sync_file_range`) so the final fsync has little left to do.
+Bytes go out through `FileSink` (direct I/O where possible, see file_sink.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import shutil
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from core.checkpoints.file_sink import ALIGN, FaultHook, FileSink
 from core.checkpoints.output_paths import (
     check_output_path,
     fsync_dir,
@@ -32,14 +31,11 @@ from core.checkpoints.output_paths import (
 )
 from core.checkpoints.safetensors_format import build_header
 from core.checkpoints.shards import Shard, split_plan
-from core.checkpoints.tensor_info import TensorInfo, byte_view, dtype_code
+from core.checkpoints.tensor_info import TensorInfo, dtype_code
 from core.errors import OutputError
 
-CHUNK_BYTES = 64 << 20  # write granularity: bounds the time between cancel checks
-WRITEBACK_BYTES = 32 << 20  # start writeback of each this many bytes at once
+CHUNK_BYTES = 64 << 20
 INDEX_NAME = "model.safetensors.index.json"
-
-FaultHook = Callable[[Path, int], None]
 
 
 class CheckpointWriter:
@@ -71,8 +67,7 @@ class CheckpointWriter:
         self._extra = dict(extra_files or {})
         self._next = 0
         self._done = False  # committed or aborted
-        self._fd: int | None = None
-        self._synced_to = 0
+        self._sink: FileSink | None = None
         _check_plan(self.plan)
         self.shards = split_plan(self.plan, shard_size, single=self._single)
         if self._single and len(self.shards) > 1:
@@ -95,7 +90,6 @@ class CheckpointWriter:
             remove_empty(self._created)
             raise output_error(self.out, exc, "creating") from None
         self._shard_index = 0
-        self._shard_pos = 0
         self._wrapped(self._open_shard, 0)
 
     # -- public API ------------------------------------------------------------
@@ -162,7 +156,9 @@ class CheckpointWriter:
         if self._done:
             return
         self._done = True
-        self._close_fd()
+        if self._sink is not None:
+            self._sink.abort()
+            self._sink = None
         tmp = getattr(self, "_tmp", None)
         if tmp is not None:
             if tmp.is_dir() and not tmp.is_symlink():
@@ -199,51 +195,26 @@ class CheckpointWriter:
 
     def _open_shard(self, index: int) -> None:
         shard = self.shards[index]
-        path = self._shard_path(shard)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        self._fd = os.open(path, flags, 0o644)
         shard.header_size = _reserved_header_size(shard.plan, self.metadata)
         header = build_header(shard.plan, self.metadata, size=shard.header_size)
-        self._write_bytes(path, memoryview(header), 0, None)
-        self._shard_index, self._shard_pos, self._synced_to = index, len(header), 0
+        self._sink = FileSink(self._shard_path(shard), header, fault_hook=self.fault_hook)
+        self._shard_index = index
 
     def _write_tensor(self, data: torch.Tensor, check) -> None:
-        shard = self.shards[self._shard_index]
-        if self._next >= shard.stop:  # this tensor starts the next shard
-            self._close_fd()
+        if self._next >= self.shards[self._shard_index].stop:  # starts the next shard
+            self._close_sink()
             self._open_shard(self._shard_index + 1)
-            shard = self.shards[self._shard_index]
-        path = self._shard_path(shard)
-        self._shard_pos = self._write_bytes(path, byte_view(data), self._shard_pos, check)
-        self._start_writeback()
+        assert self._sink is not None
+        self._sink.fault_hook = self.fault_hook
+        self._sink.append(data, check)
 
-    def _write_bytes(self, path: Path, view: memoryview, pos: int, check) -> int:
-        fd = self._fd
-        assert fd is not None
-        while view:
-            if check is not None:
-                check()
-            if self.fault_hook is not None:
-                self.fault_hook(path, pos)
-            n = os.write(fd, view[:CHUNK_BYTES])
-            view, pos = view[n:], pos + n
-        return pos
-
-    def _start_writeback(self) -> None:
-        """Ask the kernel to start writing what we wrote so far (non-blocking)."""
-        if self._fd is None or self._shard_pos - self._synced_to < WRITEBACK_BYTES:
-            return
-        if _sync_file_range(self._fd, self._synced_to, self._shard_pos - self._synced_to):
-            self._synced_to = self._shard_pos
-
-    def _close_fd(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    def _close_sink(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.close()
 
     def _finish_files(self) -> None:
-        self._close_fd()
+        self._close_sink()
         for shard in self.shards:
             path = self._shard_path(shard)
             size = _reserved_header_size(shard.plan, self.metadata, reserve=False)
@@ -292,7 +263,7 @@ def _reserved_header_size(
     exact = len(build_header(plan, metadata))
     room = max(4096, exact // 8) if reserve else 0
     size = exact + room
-    return size + (-size % 8)
+    return size + (-size % ALIGN)  # block-aligned data start, for direct I/O
 
 
 def _rewrite_and_sync(path: Path, header: bytes) -> None:
@@ -330,25 +301,3 @@ def _index_json(shards: Sequence[Shard], metadata: Mapping[str, str]) -> bytes:
     total = sum(info.nbytes for s in shards for info in s.plan)
     doc = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-_libc = None
-
-
-def _sync_file_range(fd: int, offset: int, nbytes: int) -> bool:
-    """Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`: start writeback, don't wait."""
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            _libc.sync_file_range.argtypes = [
-                ctypes.c_int,
-                ctypes.c_int64,
-                ctypes.c_int64,
-                ctypes.c_uint,
-            ]
-        except (OSError, AttributeError):
-            _libc = False
-    if not _libc:
-        return False
-    return _libc.sync_file_range(fd, offset, nbytes, 2) == 0  # 2 = SYNC_FILE_RANGE_WRITE

@@ -174,10 +174,11 @@ def test_cancel_mid_stream_leaves_no_file(tmp_path):
 
 
 def test_cancel_from_another_thread_while_the_writer_is_busy(tmp_path):
-    state = {f"t{i}": torch.randn(1000) for i in range(10)}
+    n = 2**18  # 1 MiB tensors: written block by block, so the hook runs for each one
+    state = {f"t{i}": torch.randn(n) for i in range(10)}
     ckpts = models(tmp_path, [state])
     progress = Progress()
-    outputs = [OutputTensor(k, (1000,), torch.float32, (0,)) for k in state]
+    outputs = [OutputTensor(k, (n,), torch.float32, (0,)) for k in state]
     plan = [TensorInfo.of(o.name, o.shape, o.dtype) for o in outputs]
     started = threading.Event()
     with CheckpointWriter(tmp_path / "o", plan) as writer:
