@@ -8,55 +8,41 @@ the user's choice of path, format, dtype and shard size.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QIcon
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QCloseEvent, QIcon
 from PySide6.QtWidgets import (
-    QFileDialog,
-    QHBoxLayout,
     QInputDialog,
-    QLabel,
     QMainWindow,
     QMessageBox,
-    QPushButton,
-    QScrollArea,
-    QSplitter,
-    QVBoxLayout,
-    QWidget,
 )
 
 from core import __version__
 from core.errors import MergerError
 from core.recipe import Recipe
-from merger_app._model_rows import normalize_path
-from merger_app._recipe_build import build_recipe, merge_blockers, rows_from_recipe
-from merger_app.qt_actions import build_actions, fill_recent
+from merger_app._jobs import demo_folder, demo_job, export_job, merge_job, remove_path
+from merger_app._recipe_build import build_recipe, merge_blockers
+from merger_app.qt_actions import build_actions
 from merger_app.qt_dialogs import QtSaveDialog, SaveOptions, ask_unsaved, show_error
+from merger_app.qt_files import QtFileActions
 from merger_app.qt_job_panel import QtJobPanel
+from merger_app.qt_layout import build_window_layout
 from merger_app.qt_method_panel import QtMethodPanel
 from merger_app.qt_models_panel import QtModelsPanel
 from merger_app.qt_settings import QtAppSettings
 from merger_app.qt_status import QtStatusFields
 from merger_app.qt_worker import QtJobRunner
 
-RECIPE_SUFFIXES = (".yaml", ".yml")
 CLOSE_WAIT_MS = 5000
 ICON = Path(__file__).parent / "resources" / "merger.svg"
 
 
-def demo_folder() -> Path:
-    """Where `--demo` keeps its models: $MERGER_CACHE_DIR/demo or ~/.cache/merger/demo."""
-    root = os.environ.get("MERGER_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "merger") / "demo"
-
-
-class QtMainWindow(QMainWindow):
+class QtMainWindow(QtFileActions, QMainWindow):
     """The app's one window. Public slots are what the menus call and what tests drive."""
 
     merge_finished = Signal(object)  # MergeResult, or None when it failed or was cancelled
@@ -85,7 +71,7 @@ class QtMainWindow(QMainWindow):
         self.method = QtMethodPanel(self)
         self.jobs = QtJobPanel(self)
         self.actions = build_actions(self)
-        self._build_layout()
+        build_window_layout(self)
         self.status = QtStatusFields(self.statusBar())
         self._connect()
         self._restore_settings()
@@ -93,47 +79,6 @@ class QtMainWindow(QMainWindow):
         self._update_actions()
 
     # -- layout and wiring ----------------------------------------------------------------
-    def _build_layout(self) -> None:
-        self.merge_button = QPushButton("Merge", self)
-        self.merge_button.setObjectName("mergeButton")
-        self.merge_button.setDefault(True)
-        self.save_button = QPushButton("Save…", self)
-        self.hint = QLabel(self)
-        self.hint.setWordWrap(True)
-        self.hint.setObjectName("mergeHint")
-        scroll = QScrollArea(self)
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(self.method)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        right = QWidget(self)
-        right_layout = QVBoxLayout(right)
-        right_layout.setContentsMargins(0, 0, 0, 0)
-        right_layout.addWidget(scroll, 1)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.hint, 1)
-        buttons.addWidget(self.save_button)
-        buttons.addWidget(self.merge_button)
-        right_layout.addLayout(buttons)
-        self.top_split = QSplitter(Qt.Orientation.Horizontal, self)
-        self.top_split.addWidget(self.models)
-        self.top_split.addWidget(right)
-        self.top_split.setStretchFactor(0, 3)
-        self.top_split.setStretchFactor(1, 2)
-        self.main_split = QSplitter(Qt.Orientation.Vertical, self)
-        self.main_split.addWidget(self.top_split)
-        self.main_split.addWidget(self.jobs)
-        self.main_split.setStretchFactor(0, 3)
-        self.main_split.setStretchFactor(1, 1)
-        self.main_split.setObjectName("mainSplit")
-        central = QWidget(self)
-        layout = QVBoxLayout(central)
-        layout.setContentsMargins(8, 8, 8, 4)
-        layout.addWidget(self.main_split)
-        self.setCentralWidget(central)
-        self.resize(1280, 800)
-        self.main_split.setSizes([560, 200])
-        self.top_split.setSizes([720, 560])
-
     def _connect(self) -> None:
         a = self.actions
         a.add_models.triggered.connect(self.choose_models)
@@ -173,42 +118,6 @@ class QtMainWindow(QMainWindow):
         self.status.set_device(self.settings.device(), self.settings.threads())
         self._fill_recent()
 
-    def _fill_recent(self) -> None:
-        fill_recent(
-            self.actions.recent_menu,
-            self.settings.recent_models(),
-            lambda p: self.add_models([p]),
-            self._clear_recent,
-        )
-
-    def _clear_recent(self) -> None:
-        self.settings.clear_recent()
-        self._fill_recent()
-
-    # -- models ------------------------------------------------------------------------------
-    def choose_models(self) -> None:
-        paths, _ = QFileDialog.getOpenFileNames(
-            self,
-            "Add models",
-            self.settings.last_folder("models"),
-            "Checkpoints (*.safetensors *.pt *.pth *.bin *.ckpt *.json);;All files (*)",
-        )
-        if paths:
-            self.add_models(paths)
-
-    def add_models(self, paths: list[str | Path]) -> list[str]:
-        """Add checkpoints (files or folders); shows and returns the errors of bad paths."""
-        errors = self.models.add_paths(paths)
-        loaded = {r.path for r in self.models.model.rows()}
-        good = [normalize_path(p) for p in paths if normalize_path(p) in loaded]
-        if good:
-            self.settings.add_recent_models(good)
-            self.settings.set_last_folder("models", good[-1])
-            self._fill_recent()
-        if errors:
-            self._error("Cannot add models", "\n\n".join(errors))
-        return errors
-
     def _on_models_changed(self) -> None:
         rows = self.models.model.rows()
         key = (tuple(r.path for r in rows), next((r.path for r in rows if r.role == "base"), None))
@@ -235,61 +144,6 @@ class QtMainWindow(QMainWindow):
             data=m.data(),
             arch=m.arch(),
         )
-
-    def choose_recipe(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self,
-            "Open recipe",
-            self.settings.last_folder("recipes"),
-            "Recipes (*.yaml *.yml);;All files (*)",
-        )
-        if path:
-            self.open_recipe(path)
-
-    def open_recipe(self, path: str | Path) -> bool:
-        """Replace the models and method with a recipe's; False (and a dialog) on errors."""
-        try:
-            recipe = Recipe.load(path)
-            problems = self.method.apply_recipe(recipe)
-        except MergerError as exc:
-            self._error("Cannot open the recipe", str(exc))
-            return False
-        self.settings.set_last_folder("recipes", path)
-        self.settings.add_recent_recipe(str(path))
-        entries = rows_from_recipe(recipe, self.method.spec())
-        self.models.model.set_rows([])
-        errors = self.models.add_paths([p for p, _, _ in entries])
-        rows = self.models.model.rows()
-        by_path = {p: (role, vals) for p, role, vals in entries}
-        self.models.model.set_rows(
-            [
-                r.with_(role=by_path[r.path][0], values=dict(by_path[r.path][1]))
-                for r in rows
-                if r.path in by_path
-            ]
-        )
-        self.jobs.append(f"Opened recipe {path}")
-        if errors or problems:
-            self._error("Parts of the recipe could not be loaded", "\n\n".join(errors + problems))
-        return not errors and not problems
-
-    def choose_export_recipe(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export recipe", self.settings.last_folder("recipes"), "Recipes (*.yaml *.yml)"
-        )
-        if path:
-            self.export_recipe(path)
-
-    def export_recipe(self, path: str | Path) -> bool:
-        try:
-            recipe = self.current_recipe()
-            recipe.save(path)
-        except MergerError as exc:
-            self._error("Cannot export the recipe", str(exc))
-            return False
-        self.settings.set_last_folder("recipes", path)
-        self.jobs.append(f"Recipe written to {path}; run it with: merger run {path} -o OUT")
-        return True
 
     # -- merge -------------------------------------------------------------------------------
     def blockers(self) -> list[str]:
@@ -319,20 +173,13 @@ class QtMainWindow(QMainWindow):
         out = self._session / f"merged-{self._merge_count}"  # a folder: keeps config + recipe
         device, threads = self.settings.device(), self.settings.threads()
 
-        def job(progress):
-            from core.devices import resolve_device, set_threads
-            from core.merge import run_merge
-
-            set_threads(threads)
-            return run_merge(
-                recipe, out, progress=progress, overwrite=True, device=resolve_device(device)
-            )
+        job = merge_job(recipe, out, device=device, threads=threads)
 
         def done(result) -> None:
             old = self.result
             self.result, self.result_recipe, self.saved = result, recipe, False
             if old is not None and Path(old.out) != Path(result.out):
-                _remove(Path(old.out))
+                remove_path(Path(old.out))
             for note in result.notes:
                 self.jobs.append(note)
             self.jobs.append(
@@ -375,17 +222,13 @@ class QtMainWindow(QMainWindow):
             return False
         src = Path(self.result.out)
 
-        def job(progress):
-            from core.merge import export_checkpoint
-
-            return export_checkpoint(
-                src,
-                options.path,
-                dtype=options.dtype,
-                shard_size=options.shard_size,
-                overwrite=overwrite,
-                progress=progress,
-            )
+        job = export_job(
+            src,
+            options.path,
+            dtype=options.dtype,
+            shard_size=options.shard_size,
+            overwrite=overwrite,
+        )
 
         def done(files) -> None:
             self.saved = True
@@ -401,15 +244,7 @@ class QtMainWindow(QMainWindow):
     # -- demo --------------------------------------------------------------------------------
     def load_demo(self, folder: str | Path | None = None) -> None:
         """Make the demo models if missing (in the worker), then load them."""
-        target = Path(folder) if folder else demo_folder()
-
-        def job(progress):
-            from core.demo import make_demo
-
-            progress.update(0, 1, "Preparing the demo models")
-            demo = make_demo(target, log=progress.log)
-            progress.update(1, 1, "Demo models ready")
-            return demo
+        job = demo_job(Path(folder) if folder else demo_folder())
 
         def done(demo) -> None:
             if self.open_recipe(demo.recipe):
@@ -506,26 +341,6 @@ class QtMainWindow(QMainWindow):
             "task arithmetic, TIES, DARE, SLERP and more.<br>MIT license.",
         )
 
-    # -- drag and drop, close ------------------------------------------------------------------
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt API
-        if dropped_paths(event.mimeData()):
-            event.acceptProposedAction()
-        else:
-            event.ignore()
-
-    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802
-        self.drop_paths(dropped_paths(event.mimeData()))
-        event.acceptProposedAction()
-
-    def drop_paths(self, paths: list[str]) -> None:
-        """What a drop does: a recipe opens, checkpoints are added."""
-        recipes = [p for p in paths if p.lower().endswith(RECIPE_SUFFIXES)]
-        if recipes:
-            self.open_recipe(recipes[0])
-        models = [p for p in paths if not p.lower().endswith(RECIPE_SUFFIXES)]
-        if models:
-            self.add_models(models)
-
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         if self.result is not None and not self.saved and not self._close_after_save:
             answer = self.ask_unsaved()
@@ -550,25 +365,3 @@ class QtMainWindow(QMainWindow):
     def ask_unsaved(self) -> str:
         """'save', 'discard' or 'cancel'; a separate method so tests can answer it."""
         return ask_unsaved(self)
-
-
-def dropped_paths(mime) -> list[str]:
-    """Local files and folders in a drop that are checkpoints or recipes."""
-    from core.checkpoints import is_checkpoint_path
-
-    out = []
-    for url in mime.urls() if mime.hasUrls() else []:
-        if not url.isLocalFile():
-            continue
-        path = url.toLocalFile()
-        if path.lower().endswith(RECIPE_SUFFIXES) or is_checkpoint_path(path):
-            out.append(path)
-    return out
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()

@@ -11,7 +11,8 @@ import pytest
 from PySide6.QtCore import QMimeData, QUrl
 from PySide6.QtGui import QImage, QKeySequence
 
-from merger_app.qt_main_window import QtMainWindow, dropped_paths
+from merger_app.qt_files import dropped_paths
+from merger_app.qt_main_window import QtMainWindow
 from merger_app.qt_settings import QtAppSettings
 
 ROOT = Path(__file__).resolve().parents[2]

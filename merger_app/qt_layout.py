@@ -1,0 +1,62 @@
+"""The main window's layout: models left, method right, Merge/Save under it, log below.
+
+Splitters let people give the table or the log more room; the sizes suit 1280×800 and
+scale up to 1920×1080.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+
+def build_window_layout(self: QMainWindow) -> None:
+    """Create the buttons and splitters of `self` (a QtMainWindow with its panels made)."""
+    self.merge_button = QPushButton("Merge", self)
+    self.merge_button.setObjectName("mergeButton")
+    self.merge_button.setDefault(True)
+    self.save_button = QPushButton("Save…", self)
+    self.hint = QLabel(self)
+    self.hint.setWordWrap(True)
+    self.hint.setObjectName("mergeHint")
+    scroll = QScrollArea(self)
+    scroll.setWidgetResizable(True)
+    scroll.setWidget(self.method)
+    scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+    right = QWidget(self)
+    right_layout = QVBoxLayout(right)
+    right_layout.setContentsMargins(0, 0, 0, 0)
+    right_layout.addWidget(scroll, 1)
+    buttons = QHBoxLayout()
+    buttons.addWidget(self.hint, 1)
+    buttons.addWidget(self.save_button)
+    buttons.addWidget(self.merge_button)
+    right_layout.addLayout(buttons)
+    self.top_split = QSplitter(Qt.Orientation.Horizontal, self)
+    self.top_split.addWidget(self.models)
+    self.top_split.addWidget(right)
+    self.top_split.setStretchFactor(0, 3)
+    self.top_split.setStretchFactor(1, 2)
+    self.main_split = QSplitter(Qt.Orientation.Vertical, self)
+    self.main_split.addWidget(self.top_split)
+    self.main_split.addWidget(self.jobs)
+    self.main_split.setStretchFactor(0, 3)
+    self.main_split.setStretchFactor(1, 1)
+    self.main_split.setObjectName("mainSplit")
+    central = QWidget(self)
+    layout = QVBoxLayout(central)
+    layout.setContentsMargins(8, 8, 8, 4)
+    layout.addWidget(self.main_split)
+    self.setCentralWidget(central)
+    self.resize(1280, 800)
+    self.main_split.setSizes([560, 200])
+    self.top_split.setSizes([720, 560])
