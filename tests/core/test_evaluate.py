@@ -44,3 +44,30 @@ def test_bad_labels_and_outputs_are_explained():
         evaluate(_Fixed(), Dataset(torch.zeros(2, 2), torch.tensor([0, 5]), "t"))
     with pytest.raises(MergerError, match="class scores"):
         evaluate(_Fixed(), Dataset(torch.zeros(2, 2, 2), torch.tensor([0, 1]), "t"))
+
+
+@pytest.mark.slow
+def test_trained_digits_mlp_scores_well_and_permuting_it_changes_nothing():
+    from core.architectures import resolve_architecture
+    from core.architectures.factories import mlp_state
+    from core.data import split_digits
+
+    train, test = split_digits(seed=0)
+    state = mlp_state([64, 32, 10], seed=0)
+    arch = resolve_architecture(None, state)
+    net = arch.build(state).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(15):
+        for x, y in train.batches(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    trained = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    before = evaluate(arch.build(trained), test)
+    assert before["accuracy"] > 0.9 and before["n"] == len(test)
+    after = evaluate(arch.build(arch.spec.apply(trained, arch.spec.random(7))), test)
+    assert after["loss"] == pytest.approx(before["loss"], rel=1e-5)
+    assert after["accuracy"] == before["accuracy"]
+    untrained = evaluate(arch.build(state), test)
+    assert untrained["loss"] > 2 * before["loss"]
