@@ -27,6 +27,7 @@ def test_torchvision_resnets_have_torchvisions_parameter_counts(depth, family, c
     assert ("layer1.0.downsample.0.weight" in state) == (depth == 50)
 
 
+@pytest.mark.slow
 def test_vgg11_bn_has_the_right_number_of_parameters():
     # torchvision vgg11_bn: 132,868,840 parameters with 7×7 pooling and 4096-wide classifier
     state = vgg_state(batchnorm=True, hidden=(4096, 4096), num_classes=1000, side=7)

@@ -168,6 +168,7 @@ def test_resnet20_norm_kind_is_read_from_the_keys():
     assert bn.spec.sizes["P_stem"] == 32 and ln.input_shape == (3, 32, 32)
 
 
+@pytest.mark.slow
 def test_full_size_resnet50_is_invariant():
     torch.manual_seed(0)
     ref = _RefResNet([3, 4, 6, 3], [64, 128, 256, 512], True, classes=1000)
