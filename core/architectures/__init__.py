@@ -2,7 +2,8 @@
 
 `arch` strings, as the CLI's `--arch` and the GUI's picker take them:
 
-* None: detect the family from the checkpoint's names and shapes, when exactly one fits;
+* None (or "" or "auto"): detect the family from the checkpoint's names and shapes, when
+  exactly one fits;
 * a family name, optionally with an option after a colon: `mlp`, `mlp:gelu`, `vgg`,
   `resnet20`, `resnet18`, `resnet50`;
 * `path/to/model.py:factory`: import that file, call `factory()` for an `nn.Module`, load
@@ -57,7 +58,12 @@ def detect_family(shapes: Shapes) -> str:
 
 
 def resolve_architecture(arch: str | None, state: State) -> Architecture:
-    """Spec (sizes filled in) and builder for `state`, from `arch` as described above."""
+    """Spec (sizes filled in) and builder for `state`, from `arch` as described above.
+
+    An empty `arch` or "auto" means the same as None: detect the family.
+    """
+    if arch is not None and arch.strip().lower() in ("", "auto"):
+        arch = None
     if arch is not None and _is_file_reference(arch):
         from core.architectures.custom import load_custom
 

@@ -58,3 +58,8 @@ def test_unsupported_variant_gets_a_merger_error_not_a_torch_error():
     state = {k: v for k, v in state.items() if "running" not in k}
     with pytest.raises(MergerError, match="Missing key"):
         resolve_architecture(None, state).build(state)
+
+
+def test_auto_and_empty_mean_detect():
+    state = {"fc1.weight": torch.randn(5, 4), "fc2.weight": torch.randn(2, 5)}
+    assert resolve_architecture("auto", state).name == resolve_architecture("", state).name == "mlp"
