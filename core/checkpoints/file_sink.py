@@ -16,12 +16,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import mmap
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from core.checkpoints.tensor_info import byte_view
 
 ALIGN = 4096
 STAGING_BYTES = 16 << 20  # one direct write; multiple of ALIGN
@@ -47,15 +50,14 @@ class FileSink:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         self._fd = os.open(path, flags, 0o644)
         self._direct_fd: int | None = None
-        self._pos = 0
-        self._write_all(self._fd, memoryview(header), 0, None)
-        self._pos = len(header)
-        if direct and len(header) % ALIGN == 0:
-            self._direct_fd = _open_direct(path)
+        self._pos = 0  # file offset of the next byte to write (staged bytes excluded)
         self._staging: mmap.mmap | None = None
         self._stage: torch.Tensor | None = None
         self._staged = 0
         self._synced_to = 0
+        self._write_all(self._fd, memoryview(header), None)
+        if direct and len(header) % ALIGN == 0:
+            self._direct_fd = _open_direct(path)
 
     @property
     def direct(self) -> bool:
@@ -67,23 +69,18 @@ class FileSink:
         if flat.numel() == 0:
             return
         src = flat.view(torch.uint8)
-        if self._direct_fd is None:
-            from core.checkpoints.tensor_info import byte_view
-
-            self._pos = self._write_all(self._fd, byte_view(src), self._pos, check)
+        done, total = 0, src.numel()
+        if self._direct_fd is not None and self._staged == 0 and src.data_ptr() % ALIGN == 0:
+            done = total - total % ALIGN  # zero-copy: the whole blocks go out directly
+            if done:
+                self._write_direct(byte_view(src)[:done], check)
+        if self._direct_fd is None:  # buffered I/O (also after direct I/O was refused)
+            self._write_all(self._fd, byte_view(src)[done:], check)
             self._start_writeback()
             return
-        done, total = 0, src.numel()
-        if self._staged == 0 and src.data_ptr() % ALIGN == 0 and total >= ALIGN:
-            from core.checkpoints.tensor_info import byte_view
-
-            done = total - total % ALIGN  # zero-copy: the whole blocks go out directly
-            view = byte_view(src)[:done]
-            self._pos = self._write_all(self._direct_fd, view, self._pos, check, positional=True)
-        stage = self._staging_tensor() if done < total else None
+        stage = self._staging_tensor()
         while done < total:
             n = min(STAGING_BYTES - self._staged, total - done)
-            assert stage is not None
             stage[self._staged : self._staged + n].copy_(src[done : done + n])
             self._staged += n
             done += n
@@ -91,17 +88,19 @@ class FileSink:
                 if check is not None:
                     check()
                 self._flush_stage(STAGING_BYTES)
+                if self._direct_fd is None:  # direct I/O was refused while flushing
+                    self._write_all(self._fd, byte_view(src)[done:], check)
+                    return
 
     def close(self) -> None:
         """Write what is staged (padded to a block, then truncated) and close the file."""
         try:
-            if self._direct_fd is not None and self._staged:
+            if self._staged:
                 size = self._staged
                 padded = size + (-size % ALIGN)
                 assert self._stage is not None
                 self._stage[size:padded].zero_()
-                self._flush_stage(padded)
-                os.ftruncate(self._fd, self._pos - padded + size)
+                self._flush_stage(padded, keep=size)
         finally:
             self.abort()
 
@@ -126,27 +125,51 @@ class FileSink:
             self._stage = torch.frombuffer(self._staging, dtype=torch.uint8)
         return self._stage
 
-    def _flush_stage(self, nbytes: int) -> None:
-        assert self._staging is not None and self._direct_fd is not None
-        view = memoryview(self._staging)[:nbytes]
+    def _flush_stage(self, nbytes: int, keep: int | None = None) -> None:
+        """Write the staged bytes; with `keep`, only the first `keep` of them count (the
+        rest is block padding, cut off again by truncating the file)."""
+        assert self._staging is not None
+        keep = nbytes if keep is None else keep
+        view = memoryview(self._staging)
         try:
-            self._pos = self._write_all(self._direct_fd, view, self._pos, None, positional=True)
+            if self._direct_fd is not None:
+                self._write_direct(view[:nbytes], None)
+                if keep != nbytes and self._direct_fd is not None:
+                    self._pos -= nbytes - keep
+                    os.ftruncate(self._fd, self._pos)
+            if self._direct_fd is None and self._staged:  # refused: still staged
+                self._write_all(self._fd, view[:keep], None)
         finally:
             view.release()
         self._staged = 0
 
-    def _write_all(self, fd, view: memoryview, pos: int, check: CheckFn, positional=False) -> int:
+    def _write_direct(self, view: memoryview, check: CheckFn) -> None:
+        """Write block-aligned bytes with O_DIRECT; if the filesystem refuses (EINVAL),
+        switch to buffered I/O for good and leave the unwritten rest to the caller."""
+        assert self._direct_fd is not None
+        start = self._pos
+        try:
+            self._write_all(self._direct_fd, view, check)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or self._pos % ALIGN:
+                raise
+            fd, self._direct_fd = self._direct_fd, None
+            os.close(fd)
+            if view.obj is not self._staging:  # zero-copy data: finish it buffered
+                self._write_all(self._fd, view[self._pos - start :], check)
+
+    def _write_all(self, fd: int, view: memoryview, check: CheckFn) -> None:
+        """pwrite all of `view` at the current position, advancing it."""
         while view:
             if check is not None:
                 check()
             if self.fault_hook is not None:
-                self.fault_hook(self.path, pos)
-            part = view[:CHUNK_BYTES]
-            n = os.pwrite(fd, part, pos) if positional else os.write(fd, part)
+                self.fault_hook(self.path, self._pos)
+            n = os.pwrite(fd, view[:CHUNK_BYTES], self._pos)
             if n <= 0:
-                raise OSError(5, "the write made no progress")
-            view, pos = view[n:], pos + n
-        return pos
+                raise OSError(errno.EIO, "the write made no progress")
+            view = view[n:]
+            self._pos += n
 
     def _start_writeback(self) -> None:
         """Buffered path: ask the kernel to start writing what we wrote (non-blocking)."""

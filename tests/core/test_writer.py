@@ -211,3 +211,29 @@ def test_byte_exact_output_for_aligned_and_unaligned_sizes(tmp_path, io_mode, si
         header_end = min(ck._entries[k].start for k in state)
     assert out.stat().st_size == header_end + sum(sizes)
     assert header_end % sink.ALIGN == 0
+
+
+@pytest.mark.parametrize("sizes", [[2**20, 5], [10, 2**20 + 3]])
+def test_direct_io_refused_midway_falls_back_to_buffered(tmp_path, sizes):
+    import core.checkpoints.file_sink as sink
+
+    state = {f"t{i}": torch.randint(0, 255, (n,), dtype=torch.uint8) for i, n in enumerate(sizes)}
+    plan = [TensorInfo.of_tensor(k, v) for k, v in state.items()]
+    out = tmp_path / "m.safetensors"
+    refused = []
+    with CheckpointWriter(out, plan) as w:
+        if not w._sink.direct:
+            pytest.skip("this filesystem has no direct I/O")
+
+        def refuse_once(path, offset):  # like a filesystem that rejects O_DIRECT writes
+            if offset >= sink.ALIGN and not refused:
+                refused.append(offset)
+                raise OSError(errno.EINVAL, "Invalid argument")
+
+        w.fault_hook = refuse_once
+        for k, v in state.items():
+            w.write(k, v)
+        w.commit()
+    assert refused
+    with open_checkpoint(out) as ck:
+        assert all(torch.equal(ck.get(k), v) for k, v in state.items())
