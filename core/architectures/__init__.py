@@ -57,14 +57,23 @@ def detect_family(shapes: Shapes) -> str:
     )
 
 
-def resolve_architecture(arch: str | None, state: State) -> Architecture:
+def resolve_architecture(
+    arch: str | None, state: State, *, allow_code: bool = True
+) -> Architecture:
     """Spec (sizes filled in) and builder for `state`, from `arch` as described above.
 
-    An empty `arch` or "auto" means the same as None: detect the family.
+    An empty `arch` or "auto" means the same as None: detect the family. With
+    `allow_code=False` a `file.py:factory` reference is refused instead of imported (for
+    `arch` values read from files the user did not type, such as downloaded recipes).
     """
     if arch is not None and arch.strip().lower() in ("", "auto"):
         arch = None
     if arch is not None and _is_file_reference(arch):
+        if not allow_code:
+            raise MergerError(
+                f"architecture '{arch}' would import and run that Python file",
+                hint="pass it yourself with --arch (or pick it in the app) to allow it",
+            )
         from core.architectures.custom import load_custom
 
         return load_custom(arch, state)

@@ -119,3 +119,9 @@ def test_missing_file_and_failing_import(tmp_path):
     bad.write_text("raise ValueError('boom')\n")
     with pytest.raises(MergerError, match="importing it failed: ValueError: boom"):
         resolve_architecture(f"{bad}:make", {})
+
+
+def test_code_references_can_be_refused(model_file):
+    state, _ = _state(model_file)
+    with pytest.raises(MergerError, match="would import and run that Python file"):
+        resolve_architecture(f"{model_file}:make", state, allow_code=False)
