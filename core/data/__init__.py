@@ -8,6 +8,8 @@ data picker accept: `digits` or a path to an `.npz` file with arrays `x` and `y`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from core.data.dataset import Dataset
 from core.data.digits import load_digits, split_digits
 from core.data.npz import load_npz
@@ -17,8 +19,8 @@ BUILTIN = ("digits",)
 __all__ = ["BUILTIN", "Dataset", "load_dataset", "load_digits", "load_npz", "split_digits"]
 
 
-def load_dataset(spec: str) -> Dataset:
+def load_dataset(spec: str | Path) -> Dataset:
     """The data set named by `spec`: `digits` (built in) or a path to an `.npz` file."""
-    if spec.strip().lower() == "digits":
+    if isinstance(spec, str) and spec.strip().lower() == "digits":
         return load_digits()
     return load_npz(spec)

@@ -44,7 +44,7 @@ def test_batches_cover_the_data_in_order():
 def test_npz_round_trip(tmp_path):
     path = tmp_path / "d.npz"
     np.savez(path, x=np.ones((5, 3, 2, 2), dtype=np.float64), y=np.array([0, 1, 2, 1, 0]))
-    data = load_dataset(str(path))
+    data = load_dataset(path)
     assert data.x.shape == (5, 3, 2, 2) and data.x.dtype == torch.float32
     assert data.y.tolist() == [0, 1, 2, 1, 0] and data.y.dtype == torch.int64
     assert data.name == "d"
