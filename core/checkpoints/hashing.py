@@ -19,6 +19,7 @@ from pathlib import Path
 from core.errors import CheckpointError
 
 _BLOCK = 8 << 20
+MAX_ENTRIES = 1000
 _memory: dict[str, str] = {}
 _lock = threading.Lock()
 
@@ -87,7 +88,10 @@ def _store(key: str, digest: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         doc = _load_cache()
+        doc.pop(key, None)
         doc[key] = digest
+        for stale in list(doc)[:-MAX_ENTRIES]:  # oldest first: JSON keeps insertion order
+            del doc[stale]
         fd, tmp = tempfile.mkstemp(prefix=".hashes-", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -273,3 +273,18 @@ def test_parse_size(text, expected):
 def test_parse_size_rejects_nonsense(text):
     with pytest.raises(RecipeError):
         parse_size(text)
+
+
+def test_hash_cache_keeps_only_the_newest_entries(tmp_path, monkeypatch):
+    import core.checkpoints.hashing as hashing
+
+    monkeypatch.setenv("MERGER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hashing, "MAX_ENTRIES", 2)
+    digests = []
+    for i in range(3):
+        path = tmp_path / f"m{i}.safetensors"
+        save_state_dict({"w": torch.full((2,), float(i))}, path)
+        with open_checkpoint(path) as ck:
+            digests.append(ck.sha256())
+    cache = json.loads((tmp_path / "cache" / "hashes.json").read_text())
+    assert list(cache.values()) == digests[1:]
