@@ -9,9 +9,7 @@ the file's metadata holds the recipe, each source's sha256 and the app version.
 
 from __future__ import annotations
 
-import json
 import math
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,24 +18,18 @@ from typing import Any
 
 import torch
 
-from core import __version__
 from core.checkpoints import Checkpoint, CheckpointWriter, TensorInfo, open_checkpoint
 from core.compat import CompatReport, ExtraKeys, compare
 from core.errors import CheckpointError, IncompatibleModelsError, RecipeError
+from core.export import export_checkpoint
 from core.jobs import Progress
 from core.methods import REGISTRY
 from core.methods.context import TensorContext
 from core.methods.params import LayerIndex, check_value, resolve_params, unknown_keys
 from core.methods.registry import MethodSpec
-from core.recipe import ModelEntry, Recipe
+from core.provenance import extra_files, hash_sources, metadata
+from core.recipe import TORCH_DTYPES, ModelEntry, Recipe
 from core.streaming import OutputTensor, run_streaming
-
-TORCH_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
 
 
 @dataclass
@@ -227,58 +219,6 @@ def _check_finite(tensor: torch.Tensor, name: str, path: str) -> None:
         )
 
 
-def absolute_recipe(recipe: Recipe) -> Recipe:
-    """The recipe with absolute model, data and architecture paths, so that the copy
-    stored beside a merged model runs from any working folder."""
-
-    def absolute(path: str | None) -> str | None:
-        return str(Path(path).expanduser().resolve()) if path else path
-
-    models = tuple(ModelEntry(absolute(m.model), m.parameters) for m in recipe.models)
-    data = recipe.data if recipe.data in (None, "digits") else absolute(recipe.data)
-    arch = recipe.arch
-    if arch and ".py:" in arch:
-        file, _, factory = arch.rpartition(":")
-        arch = f"{absolute(file)}:{factory}"
-    return recipe.with_(models=models, base_model=absolute(recipe.base_model), data=data, arch=arch)
-
-
-def _metadata(recipe: Recipe, session: _Session, hashes: Mapping[str, str]) -> dict[str, str]:
-    sources = [{"path": p, "sha256": hashes.get(p, "")} for p in session.paths]
-    return {
-        "format": "pt",
-        "merger_version": __version__,
-        "merger_recipe": absolute_recipe(recipe).to_yaml(),
-        "merger_sources": json.dumps(sources),
-    }
-
-
-def _extra_files(recipe: Recipe, session: _Session, out: str | Path) -> dict[str, bytes] | None:
-    """Files written beside the weights when the output is a folder (HF layout)."""
-    if str(out).endswith(".safetensors"):
-        return None
-    files = {"merger_recipe.yaml": absolute_recipe(recipe).to_yaml().encode()}
-    config = session.reference.config
-    if config is not None:
-        files["config.json"] = json.dumps(config, indent=2).encode()
-    return files
-
-
-def _hash_sources(session: _Session, hashes: dict[str, str]) -> threading.Thread:
-    """Hash the inputs in the background; the writer takes the digests before commit."""
-
-    def work() -> None:
-        for path, ckpt in zip(session.paths, session.checkpoints, strict=True):
-            try:
-                hashes[path] = ckpt.sha256()
-            except (OSError, CheckpointError):
-                hashes[path] = ""
-
-    thread = threading.Thread(target=work, name="merger-hash", daemon=True)
-    thread.start()
-    return thread
-
-
 def run_merge(
     recipe: Recipe,
     out: str | Path,
@@ -308,18 +248,18 @@ def run_merge(
         for note in report.notes:
             progress.log(note)
         hashes: dict[str, str] = {}
-        hasher = _hash_sources(session, hashes)
+        hasher = hash_sources(session, hashes)
+        target = _Target(out, shard_size, overwrite)
+        notes = list(report.notes)
         if spec.kind == "tensorwise":
-            files = _run_tensorwise(
-                recipe, spec, session, out, progress, shard_size, overwrite, hashes, hasher
-            )
+            files = _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher)
         else:
             files = _run_model_level(
-                recipe, spec, session, out, progress, shard_size, overwrite, hashes, hasher, device
+                recipe, spec, session, target, progress, hashes, hasher, device, notes
             )
     finally:
         session.close()
-    return MergeResult(Path(out), files, time.monotonic() - start, report.notes)
+    return MergeResult(Path(out), files, time.monotonic() - start, notes)
 
 
 def _ref_index(session: _Session) -> int:
@@ -330,7 +270,36 @@ def _infos(ckpt: Checkpoint) -> dict[str, TensorInfo]:
     return {i.name: i for i in ckpt.infos()}
 
 
-def _run_tensorwise(recipe, spec, session, out, progress, shard_size, overwrite, hashes, hasher):
+@dataclass(frozen=True)
+class _Target:
+    """Where and how the result is written."""
+
+    out: str | Path
+    shard_size: int | None
+    overwrite: bool
+
+
+def _writer(recipe: Recipe, session: _Session, plan: list[TensorInfo], target: _Target):
+    return CheckpointWriter(
+        target.out,
+        plan,
+        metadata=metadata(recipe, session, {}),
+        shard_size=target.shard_size,
+        protect=session.paths,
+        overwrite=target.overwrite,
+        extra_files=extra_files(recipe, session, target.out),
+    )
+
+
+def _commit(writer, recipe: Recipe, session: _Session, hashes, hasher, progress) -> list[Path]:
+    """Wait for the source hashes, record them in the header, publish the file."""
+    hasher.join()
+    progress.check()
+    writer.set_metadata("merger_sources", metadata(recipe, session, hashes)["merger_sources"])
+    return writer.commit()
+
+
+def _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher):
     ref = session.reference
     ref_idx = _ref_index(session)
     names = ref.keys()
@@ -368,22 +337,11 @@ def _run_tensorwise(recipe, spec, session, out, progress, shard_size, overwrite,
         ctx = TensorContext(output.name, recipe.seed)
         return spec.fn(list(tensors[:n_inputs]), base, params, model_params, ctx)
 
-    with CheckpointWriter(
-        out,
-        plan,
-        metadata=_metadata(recipe, session, {}),
-        shard_size=shard_size,
-        protect=session.paths,
-        overwrite=overwrite,
-        extra_files=_extra_files(recipe, session, out),
-    ) as writer:
+    with _writer(recipe, session, plan, target) as writer:
         run_streaming(
             session.checkpoints, outputs, compute, writer, progress, compute_dtype=compute_dtype
         )
-        hasher.join()
-        progress.check()
-        writer.set_metadata("merger_sources", _metadata(recipe, session, hashes)["merger_sources"])
-        return writer.commit()
+        return _commit(writer, recipe, session, hashes, hasher, progress)
 
 
 def _unalias(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
@@ -399,9 +357,7 @@ def _unalias(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
     return out
 
 
-def _run_model_level(
-    recipe, spec, session, out, progress, shard_size, overwrite, hashes, hasher, device
-):
+def _run_model_level(recipe, spec, session, target, progress, hashes, hasher, device, notes):
     for key, value in recipe.parameters.items():
         if isinstance(value, list):
             raise RecipeError(f"method '{spec.name}' takes one value for '{key}', not a list")
@@ -422,73 +378,23 @@ def _run_model_level(
         device,
     )
     state = spec.fn(ctx)
-    ref = session.reference
+    notes.extend(ctx.notes)
     plan = [
         TensorInfo.of(n, tuple(t.shape), _out_dtype(recipe, TensorInfo.of(n, t.shape, t.dtype)))
         for n, t in state.items()
     ]
-    del ref
-    with CheckpointWriter(
-        out,
-        plan,
-        metadata=_metadata(recipe, session, {}),
-        shard_size=shard_size,
-        protect=session.paths,
-        overwrite=overwrite,
-        extra_files=_extra_files(recipe, session, out),
-    ) as writer:
+    with _writer(recipe, session, plan, target) as writer:
         for i, info in enumerate(plan):
             progress.update(i, len(plan), f"writing {info.name}")
             writer.write(info.name, state[info.name].to(info.dtype).contiguous())
-        hasher.join()
-        writer.set_metadata("merger_sources", _metadata(recipe, session, hashes)["merger_sources"])
-        return writer.commit()
+        return _commit(writer, recipe, session, hashes, hasher, progress)
 
 
-def export_checkpoint(
-    src: str | Path,
-    out: str | Path,
-    *,
-    dtype: str | None = None,
-    shard_size: int | None = None,
-    overwrite: bool = False,
-    progress: Progress | None = None,
-) -> list[Path]:
-    """Copy a checkpoint to another path/format/dtype, streaming, keeping its metadata."""
-    progress = progress or Progress()
-    with open_checkpoint(src) as ckpt:
-        target = TORCH_DTYPES[dtype] if dtype else None
-        outputs, plan = [], []
-        for info in ckpt.infos():
-            out_dtype = (
-                target if (target is not None and info.dtype.is_floating_point) else info.dtype
-            )
-            outputs.append(OutputTensor(info.name, info.shape, out_dtype, (0,)))
-            plan.append(TensorInfo.of(info.name, info.shape, out_dtype))
-        extra: dict[str, bytes] | None = {}
-        if ckpt.config is not None:
-            extra["config.json"] = json.dumps(ckpt.config, indent=2).encode()
-        if "merger_recipe" in ckpt.metadata:
-            extra["merger_recipe.yaml"] = ckpt.metadata["merger_recipe"].encode()
-        if str(out).endswith(".safetensors"):
-            extra = None
-        with CheckpointWriter(
-            out,
-            plan,
-            metadata=dict(ckpt.metadata),
-            shard_size=shard_size,
-            protect=[str(src)],
-            overwrite=overwrite,
-            extra_files=extra,
-        ) as writer:
-            # float64 sources would lose digits through a float32 pass; others are exact in it
-            wide = any(i.dtype == torch.float64 for i in ckpt.infos())
-            run_streaming(
-                [ckpt],
-                outputs,
-                lambda o, ts: ts[0],
-                writer,
-                progress,
-                compute_dtype=torch.float64 if wide else torch.float32,
-            )
-            return writer.commit()
+__all__ = [
+    "MergeResult",
+    "ModelContext",
+    "check_models",
+    "export_checkpoint",
+    "run_merge",
+    "validate_recipe",
+]

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from core.errors import RecipeError
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 _DTYPE_ALIASES = {
     "fp32": "float32",
     "fp16": "float16",

@@ -1,0 +1,66 @@
+"""Copy a checkpoint to another path, layout or dtype, streaming, keeping its metadata.
+
+The GUI merges into a session folder first; Save exports that result to where the user
+wants it, in the format, dtype and shard size they pick.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from core.checkpoints import CheckpointWriter, TensorInfo, open_checkpoint
+from core.jobs import Progress
+from core.recipe import TORCH_DTYPES
+from core.streaming import OutputTensor, run_streaming
+
+
+def export_checkpoint(
+    src: str | Path,
+    out: str | Path,
+    *,
+    dtype: str | None = None,
+    shard_size: int | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Copy a checkpoint to another path/format/dtype, streaming, keeping its metadata."""
+    progress = progress or Progress()
+    with open_checkpoint(src) as ckpt:
+        target = TORCH_DTYPES[dtype] if dtype else None
+        outputs, plan = [], []
+        for info in ckpt.infos():
+            out_dtype = (
+                target if (target is not None and info.dtype.is_floating_point) else info.dtype
+            )
+            outputs.append(OutputTensor(info.name, info.shape, out_dtype, (0,)))
+            plan.append(TensorInfo.of(info.name, info.shape, out_dtype))
+        extra: dict[str, bytes] | None = {}
+        if ckpt.config is not None:
+            extra["config.json"] = json.dumps(ckpt.config, indent=2).encode()
+        if "merger_recipe" in ckpt.metadata:
+            extra["merger_recipe.yaml"] = ckpt.metadata["merger_recipe"].encode()
+        if str(out).endswith(".safetensors"):
+            extra = None
+        with CheckpointWriter(
+            out,
+            plan,
+            metadata=dict(ckpt.metadata),
+            shard_size=shard_size,
+            protect=[str(src)],
+            overwrite=overwrite,
+            extra_files=extra,
+        ) as writer:
+            # float64 sources would lose digits through a float32 pass; others are exact in it
+            wide = any(i.dtype == torch.float64 for i in ckpt.infos())
+            run_streaming(
+                [ckpt],
+                outputs,
+                lambda o, ts: ts[0],
+                writer,
+                progress,
+                compute_dtype=torch.float64 if wide else torch.float32,
+            )
+            return writer.commit()

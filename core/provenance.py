@@ -1,0 +1,65 @@
+"""Where a merged model came from: the recipe (with absolute paths), each source's
+sha256 and the app version, stored in the safetensors header and beside folder outputs."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from core import __version__
+from core.errors import CheckpointError
+from core.recipe import ModelEntry, Recipe
+
+
+def absolute_recipe(recipe: Recipe) -> Recipe:
+    """The recipe with absolute model, data and architecture paths, so that the copy
+    stored beside a merged model runs from any working folder."""
+
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else path
+
+    models = tuple(ModelEntry(absolute(m.model), m.parameters) for m in recipe.models)
+    data = recipe.data if recipe.data in (None, "digits") else absolute(recipe.data)
+    arch = recipe.arch
+    if arch and ".py:" in arch:
+        file, _, factory = arch.rpartition(":")
+        arch = f"{absolute(file)}:{factory}"
+    return recipe.with_(models=models, base_model=absolute(recipe.base_model), data=data, arch=arch)
+
+
+def metadata(recipe: Recipe, session, hashes: Mapping[str, str]) -> dict[str, str]:
+    sources = [{"path": p, "sha256": hashes.get(p, "")} for p in session.paths]
+    return {
+        "format": "pt",
+        "merger_version": __version__,
+        "merger_recipe": absolute_recipe(recipe).to_yaml(),
+        "merger_sources": json.dumps(sources),
+    }
+
+
+def extra_files(recipe: Recipe, session, out: str | Path) -> dict[str, bytes] | None:
+    """Files written beside the weights when the output is a folder (HF layout)."""
+    if str(out).endswith(".safetensors"):
+        return None
+    files = {"merger_recipe.yaml": absolute_recipe(recipe).to_yaml().encode()}
+    config = session.reference.config
+    if config is not None:
+        files["config.json"] = json.dumps(config, indent=2).encode()
+    return files
+
+
+def hash_sources(session, hashes: dict[str, str]) -> threading.Thread:
+    """Hash the inputs in the background; the writer takes the digests before commit."""
+
+    def work() -> None:
+        for path, ckpt in zip(session.paths, session.checkpoints, strict=True):
+            try:
+                hashes[path] = ckpt.sha256()
+            except (OSError, CheckpointError):
+                hashes[path] = ""
+
+    thread = threading.Thread(target=work, name="merger-hash", daemon=True)
+    thread.start()
+    return thread
