@@ -61,6 +61,9 @@ class ModelContext:
     progress: Progress
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)
+    # May an architecture given as `file.py:factory` be imported (runs that file's code)?
+    # Only when the user named it themselves, never for a recipe from elsewhere.
+    allow_code: bool = False
 
     def load(self, ckpt: Checkpoint, dtype: torch.dtype | None = torch.float32) -> dict:
         """A whole state dict, floats cast to `dtype` (integer buffers kept as they are)."""
@@ -228,8 +231,13 @@ def run_merge(
     overwrite: bool = False,
     extra_keys: ExtraKeys = "ignore",
     device: str = "cpu",
+    allow_code: bool = False,
 ) -> MergeResult:
-    """Merge as `recipe` says and write the result to `out` (file or folder)."""
+    """Merge as `recipe` says and write the result to `out` (file or folder).
+
+    `allow_code` lets a model-level method import the architecture file a recipe names
+    (`arch: model.py:factory`); it stays off for recipes the user did not write.
+    """
     progress = progress or Progress()
     start = time.monotonic()
     spec = validate_recipe(recipe)
@@ -255,7 +263,7 @@ def run_merge(
             files = _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher)
         else:
             files = _run_model_level(
-                recipe, spec, session, target, progress, hashes, hasher, device, notes
+                recipe, spec, session, target, progress, hashes, hasher, device, notes, allow_code
             )
     finally:
         session.close()
@@ -357,7 +365,9 @@ def _unalias(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
     return out
 
 
-def _run_model_level(recipe, spec, session, target, progress, hashes, hasher, device, notes):
+def _run_model_level(
+    recipe, spec, session, target, progress, hashes, hasher, device, notes, allow_code
+):
     for key, value in recipe.parameters.items():
         if isinstance(value, list):
             raise RecipeError(f"method '{spec.name}' takes one value for '{key}', not a list")
@@ -376,6 +386,7 @@ def _run_model_level(recipe, spec, session, target, progress, hashes, hasher, de
         model_params,
         progress,
         device,
+        allow_code=allow_code,
     )
     state = spec.fn(ctx)
     notes.extend(ctx.notes)

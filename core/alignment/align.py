@@ -52,10 +52,11 @@ def align(
     batches: int = 20,
     device: str = "cpu",
     progress: Progress | None = None,
+    allow_code: bool = True,
 ) -> Alignment:
     """Permute B to match A by `method` ("weight" or "activation")."""
     progress = progress or Progress()
-    architecture = resolve_architecture(arch, state_a)
+    architecture = resolve_architecture(arch, state_a, allow_code=allow_code)
     spec = architecture.spec
     before = matching_objective(spec, state_a, state_b, spec.identity())
     if method == "weight":

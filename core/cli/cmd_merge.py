@@ -41,6 +41,15 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _allow_code_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-code",
+        action="store_true",
+        help="let the recipe's `arch: file.py:factory` import that Python file "
+        "(off by default: a recipe from elsewhere must not run code)",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge", help="merge models given on the command line")
     p.add_argument(
@@ -77,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="output file or folder (default: <recipe name>-merged in this folder)",
     )
     _add_output_options(p)
+    _allow_code_option(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="write small real demo models and data to DIR")
@@ -134,7 +144,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     )
 
 
-def _execute(recipe: Recipe, out: str, args: argparse.Namespace) -> int:
+def _execute(recipe: Recipe, out: str, args: argparse.Namespace, *, allow_code: bool) -> int:
     validate_recipe(recipe)
     bar = None if (args.quiet or args.json) else TerminalBar()
     progress = Progress(bar, log=None if args.json else _log)
@@ -147,6 +157,7 @@ def _execute(recipe: Recipe, out: str, args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             extra_keys=args.extra_keys,
             device=args.device,
+            allow_code=allow_code,
         )
     finally:
         if bar is not None:
@@ -173,13 +184,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     if args.save_recipe:
         recipe.save(args.save_recipe)
-    return _execute(recipe, args.output, args)
+    # --arch given on this command line is the user's own choice of code to run
+    return _execute(recipe, args.output, args, allow_code=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     recipe = Recipe.load(args.recipe)
     out = args.output or f"{Path(args.recipe).stem}-merged"
-    return _execute(recipe, out, args)
+    return _execute(recipe, out, args, allow_code=args.allow_code)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

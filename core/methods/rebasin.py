@@ -58,6 +58,7 @@ def _merge(ctx, method: str) -> dict[str, torch.Tensor]:
         batches=int(ctx.params.get("batches", 20)),
         device=ctx.device,
         progress=ctx.progress,
+        allow_code=ctx.allow_code,
     )
     merged = interpolate(state_a, result.aligned_b, ctx.params["lambda"])
     notes = list(result.notes)

@@ -118,3 +118,38 @@ def test_activation_matching_merge_beats_naive_average(demo, tmp_path):
     aligned = evaluate(arch.build(merged), data)
     assert aligned["loss"] < naive["loss"]
     assert aligned["accuracy"] > naive["accuracy"]
+
+
+MODEL_PY = """
+import torch
+from torch import nn
+
+def factory():
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                         nn.Linear(128, 10))
+
+open(__file__ + ".ran", "w").close()
+"""
+
+
+def test_recipe_naming_a_python_file_needs_allow_code(demo, tmp_path, capsys):
+    from core.checkpoints import save_state_dict
+
+    a_path, b_path = demo.seeds
+    # the demo models under nn.Sequential's own names (0., 2., 4.)
+    for src, name in ((a_path, "a"), (b_path, "b")):
+        st = {k.removeprefix("layers."): v for k, v in state(src).items()}
+        save_state_dict(st, tmp_path / f"{name}.safetensors")
+    model_py = tmp_path / "model.py"
+    model_py.write_text(MODEL_PY)
+    recipe = tmp_path / "wm.yaml"
+    recipe.write_text(
+        "merge_method: weight_matching\nmodels: [a.safetensors, b.safetensors]\n"
+        "arch: model.py:factory\n"
+    )
+    out = tmp_path / "out.safetensors"
+    assert main(["run", str(recipe), "-o", str(out)]) == 1
+    assert "allow" in capsys.readouterr().err.lower()
+    assert not (tmp_path / "model.py.ran").exists() and not out.exists()
+    assert main(["run", str(recipe), "-o", str(out), "--allow-code", "--quiet"]) == 0
+    assert (tmp_path / "model.py.ran").exists() and out.exists()
