@@ -77,12 +77,6 @@ KNOWN_BUGS: dict[str, tuple[tuple[str, ...], str]] = {
         "Recipe.load: `exc.strerror` on a UnicodeDecodeError raises "
         "AttributeError; use getattr(exc, 'strerror', None) or exc",
     ),
-    "recipe_arch_python_file": (
-        BOTH,
-        "a recipe's `arch: file.py:factory` imports and runs "
-        "Python from a downloaded recipe; refuse .py arch in recipe "
-        "files unless the user passes it (--arch) or opts in",
-    ),
 }
 
 
