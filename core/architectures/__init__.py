@@ -72,7 +72,7 @@ def resolve_architecture(
         if not allow_code:
             raise MergerError(
                 f"architecture '{arch}' would import and run that Python file",
-                hint="pass it yourself with --arch (or pick it in the app) to allow it",
+                hint="if you trust that file, add --allow-code (or pick it yourself in the app)",
             )
         from core.architectures.custom import load_custom
 
