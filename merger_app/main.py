@@ -1,5 +1,6 @@
 """`merger-app`: open the window; `--demo` loads the demo models; `--screenshot FILE` grabs it.
 
+`--merge` merges once loaded, so a screenshot can show a finished merge.
 `--screenshot` renders offscreen (no display needed), waits until loading has finished,
 writes a PNG of the window at `--size` and exits 0; any failure exits 1 with a message.
 """
@@ -35,6 +36,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="1280x800",
         metavar="WxH",
         help="window size for --screenshot (default 1280x800)",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge once the models are loaded (with --screenshot: grab after the merge)",
     )
     args = parser.parse_args(argv)
     try:
@@ -72,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot:
         _arm_screenshot(app, window, Path(args.screenshot), status, wait_demo=args.demo)
     if args.demo:
+        if args.merge:
+            window.demo_loaded.connect(window.merge)
         window.load_demo()
     _open_paths(window, args.paths)
+    if args.merge and not args.demo:
+        window.merge()
     code = app.exec()
     return status["code"] or code
 

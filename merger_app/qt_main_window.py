@@ -39,6 +39,7 @@ from merger_app.qt_status import QtStatusFields
 from merger_app.qt_worker import QtJobRunner
 
 CLOSE_WAIT_MS = 5000
+_DONE_TEXT = {"merge": "Merge finished.", "save": "Saved.", "demo": "Demo models ready."}
 ICON = Path(__file__).parent / "resources" / "merger.svg"
 
 
@@ -64,6 +65,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self._session = Path(tempfile.mkdtemp(prefix="merger-session-"))
         self._merge_count = 0
         self._on_success: Any = None
+        self._outcome: tuple = ("cancelled",)
         self._close_after_save = False
         self._compat_key: tuple = ()
 
@@ -108,7 +110,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.runner.succeeded.connect(self._job_succeeded)
         self.runner.failed.connect(self._job_failed)
         self.runner.cancelled.connect(self._job_cancelled)
-        self.runner.done.connect(lambda _name: self._update_actions())
+        self.runner.done.connect(self._job_done)
 
     def _restore_settings(self) -> None:
         geometry = self.settings.geometry()
@@ -283,28 +285,34 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.runner.start(name, job)
         self._update_actions()
 
+    # The outcome is kept until the thread has finished (`runner.done`), so that whatever
+    # the callbacks and listeners do next (merge again, save, close) finds the runner idle.
     def _job_succeeded(self, name: str, value: object) -> None:
-        self.jobs.finish(f"{name.capitalize()} finished.", complete=True)
-        callback, self._on_success = self._on_success, None
-        if callback is not None:
-            callback(value)
-        self._update_actions()
+        self._outcome = ("ok", value)
 
     def _job_failed(self, name: str, message: str, details: str) -> None:
-        self._on_success = None
-        self._close_after_save = False
-        self.jobs.finish(f"{name.capitalize()} failed.", complete=False)
-        self.jobs.append(message)
-        self._error(f"{name.capitalize()} failed", message, details)
-        if name == "merge":
-            self.merge_finished.emit(None)
-        elif name == "save":
-            self.save_finished.emit(None)
+        self._outcome = ("failed", message, details)
 
     def _job_cancelled(self, name: str) -> None:
-        self._on_success = None
+        self._outcome = ("cancelled",)
+
+    def _job_done(self, name: str) -> None:
+        outcome, self._outcome = self._outcome, ("cancelled",)
+        callback, self._on_success = self._on_success, None
+        self._update_actions()
+        if outcome[0] == "ok":
+            self.jobs.finish(_DONE_TEXT.get(name, f"{name.capitalize()} finished."), complete=True)
+            if callback is not None:
+                callback(outcome[1])
+            self._update_actions()
+            return
         self._close_after_save = False
-        self.jobs.finish(f"{name.capitalize()} cancelled; nothing was written.", complete=False)
+        if outcome[0] == "failed":
+            self.jobs.finish(f"{name.capitalize()} failed.", complete=False)
+            self.jobs.append(outcome[1])
+            self._error(f"{name.capitalize()} failed", outcome[1], outcome[2])
+        else:
+            self.jobs.finish(f"{name.capitalize()} cancelled; nothing was written.", complete=False)
         if name == "merge":
             self.merge_finished.emit(None)
         elif name == "save":

@@ -168,7 +168,10 @@ class QtJobRunner(QObject):
         thread = self._thread
         if thread is None:
             return True
-        return thread.wait(timeout_ms)
+        try:
+            return thread.wait(timeout_ms)
+        except RuntimeError:  # deleted by its deleteLater: it had ended
+            return True
 
     @Slot(object)
     def _on_result(self, value: object) -> None:
@@ -184,6 +187,10 @@ class QtJobRunner(QObject):
 
     @Slot()
     def _on_thread_finished(self) -> None:
+        # `finished` is emitted just before the thread ends and deletes the worker there
+        # (deleteLater). Wait for that before dropping our references, or Python could
+        # delete the worker from this thread at the same time (a crash).
+        self.wait(10_000)
         name = self._name
         self._thread = self._worker = self._sink = None
         self.done.emit(name)
