@@ -131,13 +131,13 @@ def save_tiny(path: Path, tensors: dict) -> Path:
 
 @pytest.fixture(scope="session")
 def big(tmp_path_factory):
-    """Four 96 MB models (24 × 1024² float32 each): merges that take seconds, not ms."""
+    """Six 96 MB models (24 × 1024² float32 each): merges that take seconds, not ms."""
     import numpy as np
 
     folder = tmp_path_factory.mktemp("big")
     rng = np.random.default_rng(1)
     paths = []
-    for i in range(4):
+    for i in range(6):
         state = {
             f"layers.{j}.weight": rng.standard_normal((1024, 1024), dtype=np.float32)
             for j in range(12)
