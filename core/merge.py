@@ -9,7 +9,9 @@ the file's metadata holds the recipe, each source's sha256 and the app version.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ import torch
 
 from core.checkpoints import Checkpoint, CheckpointWriter, TensorInfo, open_checkpoint
 from core.compat import CompatReport, ExtraKeys, compare
+from core.devices import resolve_device
 from core.errors import CheckpointError, IncompatibleModelsError, RecipeError
 from core.export import export_checkpoint
 from core.jobs import Progress
@@ -29,6 +32,7 @@ from core.methods.params import LayerIndex, check_value, resolve_params, unknown
 from core.methods.registry import MethodSpec
 from core.provenance import extra_files, hash_sources, metadata
 from core.recipe import TORCH_DTYPES, ModelEntry, Recipe
+from core.resources import check_merge_memory, run_on_device
 from core.streaming import OutputTensor, run_streaming
 
 
@@ -136,7 +140,8 @@ def validate_recipe(recipe: Recipe) -> MethodSpec:
 
 
 def _same_file_key(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
+    """One key per file, whatever the spelling (relative, symlinked; loops do not raise)."""
+    return os.path.realpath(os.path.expanduser(path))
 
 
 # -- compatibility --------------------------------------------------------------------
@@ -255,6 +260,11 @@ def run_merge(
             )
         for note in report.notes:
             progress.log(note)
+        compute_dtype = TORCH_DTYPES[recipe.dtype] if recipe.dtype else torch.float32
+        # refuse up front, with the numbers, what cannot fit (streaming is already minimal)
+        check_merge_memory(
+            [c.infos() for c in session.checkpoints], spec.kind, compute_dtype=compute_dtype
+        )
         hashes: dict[str, str] = {}
         hasher = hash_sources(session, hashes)
         target = _Target(out, shard_size, overwrite)
@@ -388,7 +398,8 @@ def _run_model_level(
         device,
         allow_code=allow_code,
     )
-    state = spec.fn(ctx)
+    device = resolve_device(device)
+    state = run_on_device(lambda d: spec.fn(dataclasses.replace(ctx, device=d)), device, progress)
     notes.extend(ctx.notes)
     plan = [
         TensorInfo.of(n, tuple(t.shape), _out_dtype(recipe, TensorInfo.of(n, t.shape, t.dtype)))

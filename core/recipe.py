@@ -147,7 +147,8 @@ class Recipe:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise RecipeError(f"cannot read the recipe: {exc.strerror or exc}", file=path) from None
+            why = getattr(exc, "strerror", None) or f"not UTF-8 text ({exc})"
+            raise RecipeError(f"cannot read the recipe: {why}", file=path) from None
         return cls.from_yaml(text, source=str(path), root=path.parent)
 
     # -- output ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,8 @@ def _parse_sets(items: list[str], n_models: int, per_model: set[str]) -> tuple[d
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     spec = REGISTRY.get(args.method)
     per_model = {p.name for p in spec.params if p.per_model}
-    base_key = str(Path(args.base).resolve()) if args.base else None
-    inputs = [m for m in args.models if str(Path(m).resolve()) != base_key]
+    base_key = os.path.realpath(args.base) if args.base else None
+    inputs = [m for m in args.models if os.path.realpath(m) != base_key]
     global_params, model_params = _parse_sets(args.set, len(inputs), per_model)
     models = []
     if args.base and not spec.needs.base_is_input:

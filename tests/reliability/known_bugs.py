@@ -52,12 +52,6 @@ KNOWN_BUGS: dict[str, tuple[tuple[str, ...], str]] = {
         "meta tensors open, then get() raises NotImplementedError; "
         "refuse tensor.device.type != 'cpu' (meta) in _entries",
     ),
-    "path_loop_a.safetensors": (
-        ("cli",),
-        "cmd_merge.recipe_from_args and "
-        "merge._same_file_key call Path.resolve(), which raises "
-        "RuntimeError on a symlink loop; use os.path.realpath",
-    ),
     "path_fifo": (
         BOTH,
         "open_checkpoint on a FIFO blocks forever in open(); refuse paths "
@@ -72,11 +66,6 @@ KNOWN_BUGS: dict[str, tuple[tuple[str, ...], str]] = {
         "folder._read_config: catch RecursionError and ValueError around json.loads",
     ),
     "folder_config_huge_int": (BOTH, "same as folder_config_deep_json"),
-    "recipe_yaml_binary": (
-        BOTH,
-        "Recipe.load: `exc.strerror` on a UnicodeDecodeError raises "
-        "AttributeError; use getattr(exc, 'strerror', None) or exc",
-    ),
 }
 
 
