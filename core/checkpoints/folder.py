@@ -8,6 +8,7 @@ weights is kept on the checkpoint so the output folder can carry it along.
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 from core.checkpoints.pickle_reader import open_pickle, open_sharded_pickle
@@ -58,6 +59,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def _open_file(p: Path, *, shown: Path, config: dict | None) -> Checkpoint:
+    require_regular_file(p)
     name = p.name.lower()
     if name.endswith(".safetensors.index.json"):
         return open_sharded_safetensors(p, shown_path=shown, config=config)
@@ -73,6 +75,22 @@ def _open_file(p: Path, *, shown: Path, config: dict | None) -> Checkpoint:
         hint="give a .safetensors, .pt, .pth, .bin or .ckpt file, an index .json, "
         "or a folder holding one",
     )
+
+
+def require_regular_file(p: Path) -> None:
+    """Refuse FIFOs, devices and sockets before opening: reading a FIFO blocks forever."""
+    try:
+        mode = p.stat().st_mode
+    except OSError as exc:
+        raise open_file_error(p, exc) from None
+    if stat.S_ISDIR(mode):
+        raise open_file_error(p, IsADirectoryError(21, "Is a directory"))
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(
+            "is not a regular file (a pipe, device or socket)",
+            file=p,
+            hint="give the path of a model file or folder",
+        )
 
 
 def _open_folder(folder: Path) -> Checkpoint:
@@ -123,9 +141,9 @@ def _read_config(p: Path) -> dict | None:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise open_file_error(p, exc) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, absurd nesting or ints
         raise CheckpointError(
-            f"config.json is not valid JSON ({exc})", file=p, hint="fix or remove it"
+            f"config.json is not valid JSON ({str(exc)[:120]})", file=p, hint="fix or remove it"
         ) from None
     if not isinstance(doc, dict):
         raise CheckpointError("config.json is not a JSON object", file=p, hint="fix or remove it")

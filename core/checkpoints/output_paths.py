@@ -68,17 +68,74 @@ def check_output_path(out: Path, protect: Sequence[str | Path], *, overwrite: bo
                 file=out,
                 hint="choose an output that does not hold any input model",
             )
-    if os.path.lexists(out) and not overwrite:
-        raise OutputError(
-            "the output already exists",
-            file=out,
-            hint="choose another name, or allow overwriting it",
-        )
+    if os.path.lexists(out):
+        if not overwrite:
+            raise OutputError(
+                "the output already exists",
+                file=out,
+                hint="choose another name, or allow overwriting it",
+            )
+        check_replaceable(out)
     if out.name.endswith(".safetensors") and out.is_dir():
         raise OutputError(
             "a folder has this name, but a .safetensors output is a single file",
             file=out,
             hint="choose another name",
+        )
+
+
+# What a model folder may hold besides weights; anything else means it is not ours to delete.
+MODEL_FOLDER_SUFFIXES = (
+    ".safetensors",
+    ".json",
+    ".md",
+    ".yaml",
+    ".yml",
+    ".model",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".tiktoken",
+)
+MODEL_FOLDER_NAMES = ("merges.txt", "vocab.txt", ".gitattributes")
+
+
+def check_replaceable(out: Path) -> None:
+    """With overwrite, replace only what looks like a model: a weights file, or a folder
+    of weights and their usual companions. A folder of someone's documents is refused."""
+    if out.is_symlink():
+        return  # the link itself is replaced; what it points to is never touched
+    if out.is_file():
+        if out.name.lower().endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt")):
+            return
+        raise OutputError(
+            "the output exists and is not a model file; it will not be replaced",
+            file=out,
+            hint="choose another output name",
+        )
+    if not out.is_dir():
+        raise OutputError("the output exists and is not a file or folder", file=out)
+    try:
+        children = list(out.iterdir())
+    except OSError as exc:
+        raise output_error(out, exc, "inspecting") from None
+    strangers = [
+        c.name
+        for c in children
+        if c.is_dir()
+        or not (c.name.lower().endswith(MODEL_FOLDER_SUFFIXES) or c.name in MODEL_FOLDER_NAMES)
+    ]
+    has_weights = any(
+        c.name.lower().endswith((".safetensors", ".bin", ".pt", ".pth")) for c in children
+    )
+    if strangers or (children and not has_weights):
+        shown = ", ".join(sorted(strangers)[:5]) or "no model weights"
+        raise OutputError(
+            f"the output folder exists and does not look like a model ({shown}); "
+            "it will not be replaced",
+            file=out,
+            hint="choose another output name, or empty the folder yourself",
         )
 
 

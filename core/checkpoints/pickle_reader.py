@@ -20,7 +20,7 @@ import torch
 
 from core.checkpoints.reader import Checkpoint, Entry, LoadedTensor
 from core.checkpoints.safetensors_reader import open_file_error, read_index, shard_paths
-from core.checkpoints.tensor_info import TensorInfo
+from core.checkpoints.tensor_info import DTYPE_CODES, TensorInfo
 from core.errors import CheckpointError
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
@@ -52,7 +52,7 @@ def load_pickle(path: Path) -> Any:
         ) from None
     except OSError as exc:
         raise open_file_error(path, exc) from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+    except Exception as exc:  # torch.load raises many types on damaged or foreign files
         raise CheckpointError(
             f"not a readable torch checkpoint ({_first_sentence(exc)})",
             file=path,
@@ -115,17 +115,32 @@ def _flatten(obj: Mapping, prefix: str, out: dict[str, torch.Tensor]) -> None:
 
 
 def _entries(path: Path, state: dict[str, torch.Tensor]) -> dict[str, Entry]:
+    """Describe each tensor, refusing what a merge could not read or write later."""
     entries: dict[str, Entry] = {}
     for name, tensor in state.items():
-        if tensor.layout != torch.strided or tensor.is_quantized:
-            raise CheckpointError(
-                f"tensor layout {tensor.layout} is not supported",
-                file=path,
-                tensor=name,
-                hint="convert the weights to dense tensors",
-            )
+        problem = _unsupported(name, tensor)
+        if problem:
+            raise CheckpointError(problem[0], file=path, tensor=name, hint=problem[1])
         entries[name] = LoadedTensor(TensorInfo.of_tensor(name, tensor), tensor)
     return entries
+
+
+def _unsupported(name: str, tensor: torch.Tensor) -> tuple[str, str] | None:
+    if name == "__metadata__":
+        return "the name '__metadata__' is reserved by safetensors", "rename the tensor"
+    if tensor.layout != torch.strided or tensor.is_quantized:
+        return f"layout {tensor.layout} is not supported", "convert it to a dense tensor"
+    if tensor.dtype not in DTYPE_CODES:
+        return (
+            f"dtype {tensor.dtype} is not supported (Merger handles float, int, uint8, bool)",
+            "convert the tensor or remove it from the checkpoint",
+        )
+    if tensor.device.type != "cpu":
+        return (
+            f"the tensor holds no data (device '{tensor.device.type}')",
+            "save the checkpoint with its real weights",
+        )
+    return None
 
 
 def open_pickle(path: Path, *, shown_path: Path | None = None, config=None) -> Checkpoint:

@@ -22,6 +22,7 @@ from core.errors import CheckpointError
 
 MAX_HEADER_BYTES = 100_000_000  # the limit of the reference implementation
 MAX_DIMS = 64
+MAX_ELEMENTS = 2**48  # far beyond any real tensor, far below what overflows torch.empty
 REDOWNLOAD = "the file is truncated or corrupt; re-download or re-export it"
 
 
@@ -56,8 +57,8 @@ def read_header(path: Path, file_size: int, raw: bytes) -> SafetensorsHeader:
     text = raw[8 : 8 + n]
     try:
         doc = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(path, f"the safetensors header is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, absurd nesting or ints
+        raise _bad(path, f"the safetensors header is not valid JSON ({_short(exc)})") from None
     if not isinstance(doc, dict):
         raise _bad(path, "the safetensors header is not a JSON object")
     metadata = _parse_metadata(path, doc.pop("__metadata__", None))
@@ -89,6 +90,10 @@ def header_length(path: Path, file_size: int, first8: bytes) -> int:
     return n
 
 
+def _short(exc: BaseException) -> str:
+    return str(exc)[:120] or type(exc).__name__
+
+
 def _parse_metadata(path: Path, meta: object) -> dict[str, str]:
     if meta is None:
         return {}
@@ -104,7 +109,7 @@ def _parse_entry(
     if not isinstance(entry, dict):
         raise _bad(path, "the header entry is not a JSON object", name)
     code = entry.get("dtype")
-    if code not in SAFETENSORS_DTYPES:
+    if not isinstance(code, str) or code not in SAFETENSORS_DTYPES:
         known = ", ".join(SAFETENSORS_DTYPES)
         raise _bad(
             path,
@@ -121,6 +126,8 @@ def _parse_entry(
             raise _bad(
                 path, f"the shape {shape} has a size that is not a non-negative integer", name
             )
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise _bad(path, f"the shape {shape} is absurdly large", name)
     info = TensorInfo.of(name, tuple(shape), dtype)
     if info.nbytes > data_size and math.prod(shape) > 0:
         raise _bad(

@@ -62,9 +62,9 @@ def read_index(path: Path) -> dict[str, str]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise open_file_error(path, exc) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, absurd nesting or ints
         raise CheckpointError(
-            f"the index is not valid JSON ({exc})", file=path, hint="re-download it"
+            f"the index is not valid JSON ({str(exc)[:120]})", file=path, hint="re-download it"
         ) from None
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:

@@ -88,7 +88,7 @@ def test_bad_shapes(tmp_path, shape, text):
 
 
 def test_absurd_shape_larger_than_the_file(tmp_path):
-    entry = {"dtype": "F32", "shape": [10**9, 10**9], "data_offsets": [0, 24]}
+    entry = {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 24]}
     path = raw_safetensors(tmp_path / "s.safetensors", {"w": entry}, tensor_bytes(A))
     open_fails(path, "tensor 'w'", "more than the file's 24 bytes")
 
@@ -203,3 +203,42 @@ def test_unreadable_file(tmp_path):
         open_fails(path, "permission denied")
     finally:
         path.chmod(0o644)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"a": ' + b"9" * 5000 + b"}", b"\xff\xfe{}"],
+    ids=["deep", "huge-int", "not-utf8"],
+)
+def test_hostile_json_headers(tmp_path, body):
+    (tmp_path / "h.safetensors").write_bytes(struct.pack("<Q", len(body)) + body)
+    open_fails(tmp_path / "h.safetensors", "not valid JSON")
+
+
+@pytest.mark.parametrize("code", [["F32"], {"x": 1}, 5, None])
+def test_dtype_that_is_not_a_string(tmp_path, code):
+    entry = {"dtype": code, "shape": [2, 3], "data_offsets": [0, 24]}
+    path = raw_safetensors(tmp_path / "d.safetensors", {"w": entry}, tensor_bytes(A))
+    open_fails(path, "tensor 'w'", "unknown dtype")
+
+
+def test_empty_tensor_with_absurd_dims(tmp_path):
+    entry = {"dtype": "F32", "shape": [2**40, 2**40, 0], "data_offsets": [0, 0]}
+    path = raw_safetensors(tmp_path / "z.safetensors", {"w": entry}, b"")
+    open_fails(path, "tensor 'w'", "absurdly large")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors.index.json", "config.json"])
+def test_hostile_json_in_index_or_config(tmp_path, name):
+    save_state_dict({"a": torch.ones(1)}, tmp_path / "model.safetensors")
+    if name == "model.safetensors.index.json":
+        (tmp_path / "model.safetensors").unlink()
+    (tmp_path / name).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        open_checkpoint(tmp_path)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    open_fails(fifo, "not a regular file")

@@ -157,3 +157,31 @@ def test_truncated_zip_pickle_is_a_clear_error(tmp_path):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt"):
         open_checkpoint(tmp_path / "cut.pt")
+
+
+@pytest.mark.parametrize(
+    ("tensor", "text"),
+    [
+        (torch.ones(2, dtype=torch.complex64), "complex64"),
+        (torch.ones(2, dtype=torch.uint32), "uint32"),
+        (torch.ones(2, device="meta"), "no data"),
+    ],
+    ids=["complex", "uint32", "meta"],
+)
+def test_tensors_a_merge_cannot_handle_are_refused_at_open(tmp_path, tensor, text):
+    torch.save({"ok": torch.ones(1), "bad": tensor}, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=text) as err:
+        open_checkpoint(tmp_path / "m.pt")
+    assert "tensor 'bad'" in str(err.value)
+
+
+def test_a_tensor_named_like_safetensors_metadata_is_refused(tmp_path):
+    torch.save({"__metadata__": torch.ones(1)}, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="reserved"):
+        open_checkpoint(tmp_path / "m.pt")
+
+
+def test_text_file_with_a_pickle_extension(tmp_path):
+    (tmp_path / "notes.pt").write_text("just some notes\nnot a model\n")
+    with pytest.raises(CheckpointError, match="notes.pt"):
+        open_checkpoint(tmp_path / "notes.pt")

@@ -237,3 +237,31 @@ def test_direct_io_refused_midway_falls_back_to_buffered(tmp_path, sizes):
     assert refused
     with open_checkpoint(out) as ck:
         assert all(torch.equal(ck.get(k), v) for k, v in state.items())
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_model(tmp_path):
+    docs = tmp_path / "documents"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("years of work")
+    with pytest.raises(OutputError, match="does not look like a model"):
+        save_state_dict(STATE, docs, overwrite=True)
+    (docs / "thesis.txt").unlink()
+    (docs / "notes.json").write_text("{}")  # no weights at all: not a model either
+    with pytest.raises(OutputError, match="does not look like a model"):
+        save_state_dict(STATE, docs, overwrite=True)
+    assert (docs / "notes.json").exists()
+
+
+def test_overwrite_refuses_a_file_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes").write_text("x")
+    with pytest.raises(OutputError, match="not a model file"):
+        save_state_dict(STATE, tmp_path / "notes", overwrite=True)
+
+
+def test_overwrite_accepts_an_empty_folder_and_a_model_folder_with_companions(tmp_path):
+    (tmp_path / "empty").mkdir()
+    save_state_dict(STATE, tmp_path / "empty", overwrite=True)
+    extra = {"config.json": b"{}", "README.md": b"# m", "merger_recipe.yaml": b"x: 1"}
+    save_state_dict(STATE, tmp_path / "model", extra_files=extra)
+    save_state_dict(STATE, tmp_path / "model", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.safetensors"]
