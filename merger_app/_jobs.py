@@ -26,8 +26,12 @@ def demo_folder() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "merger") / "demo"
 
 
-def merge_job(recipe: Recipe, out: Path, *, device: str, threads: int) -> Job:
-    """Merge `recipe` into `out` on the chosen device with the chosen thread count."""
+def merge_job(
+    recipe: Recipe, out: Path, *, device: str, threads: int, allow_code: bool = False
+) -> Job:
+    """Merge `recipe` into `out` on the chosen device with the chosen thread count.
+
+    `allow_code` is True only after the user agreed to run the architecture file."""
 
     def job(progress: Progress):
         from core.devices import resolve_device, set_threads
@@ -35,7 +39,12 @@ def merge_job(recipe: Recipe, out: Path, *, device: str, threads: int) -> Job:
 
         set_threads(threads)
         return run_merge(
-            recipe, out, progress=progress, overwrite=True, device=resolve_device(device)
+            recipe,
+            out,
+            progress=progress,
+            overwrite=True,
+            device=resolve_device(device),
+            allow_code=allow_code,
         )
 
     return job

@@ -128,7 +128,7 @@ def build_recipe(
         parameters=params,
         out_dtype=out_dtype,
         seed=seed,
-        data=data if spec.needs.data else None,
+        data=data if (spec.needs.data or spec.needs.uses_data) else None,
         arch=arch if spec.needs.arch else None,
     )
 

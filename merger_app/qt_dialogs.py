@@ -62,6 +62,19 @@ def ask_unsaved(parent: QWidget) -> str:
     return "cancel"
 
 
+def ask_run_code(parent: QWidget, arch: str) -> bool:
+    """Consent before importing a user's model file: it runs whatever code it holds."""
+    answer = QMessageBox.warning(
+        parent,
+        "Run this Python file?",
+        f"The architecture {arch} is Python code. Merging imports the file and runs it, "
+        "with your permissions.\n\nOnly continue if you trust this file.",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+        QMessageBox.StandardButton.Cancel,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
 @dataclass(frozen=True)
 class SaveOptions:
     """Where and how to write the merged model."""

@@ -28,7 +28,13 @@ from core.recipe import Recipe
 from merger_app._jobs import demo_folder, demo_job, export_job, merge_job, remove_path
 from merger_app._recipe_build import build_recipe, merge_blockers
 from merger_app.qt_actions import build_actions
-from merger_app.qt_dialogs import QtSaveDialog, SaveOptions, ask_unsaved, show_error
+from merger_app.qt_dialogs import (
+    QtSaveDialog,
+    SaveOptions,
+    ask_run_code,
+    ask_unsaved,
+    show_error,
+)
 from merger_app.qt_files import QtFileActions
 from merger_app.qt_job_panel import QtJobPanel
 from merger_app.qt_layout import build_window_layout
@@ -64,6 +70,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.last_error: QMessageBox | None = None
         self._session = Path(tempfile.mkdtemp(prefix="merger-session-"))
         self._merge_count = 0
+        # model files (`file.py:factory`) the user agreed to run this session
+        self.trusted_code: set[str] = set()
         self._on_success: Any = None
         self._outcome: tuple = ("cancelled",)
         self._close_after_save = False
@@ -171,11 +179,16 @@ class QtMainWindow(QtFileActions, QMainWindow):
             self.statusBar().showMessage(blockers[0], 5000)
             return False
         recipe = self.current_recipe()
+        allow_code = bool(recipe.arch and ".py:" in recipe.arch)
+        if allow_code and recipe.arch not in self.trusted_code:
+            if not ask_run_code(self, recipe.arch):
+                return False
+            self.trusted_code.add(recipe.arch)
         self._merge_count += 1
         out = self._session / f"merged-{self._merge_count}"  # a folder: keeps config + recipe
         device, threads = self.settings.device(), self.settings.threads()
 
-        job = merge_job(recipe, out, device=device, threads=threads)
+        job = merge_job(recipe, out, device=device, threads=threads, allow_code=allow_code)
 
         def done(result) -> None:
             old = self.result

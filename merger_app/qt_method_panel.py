@@ -34,15 +34,8 @@ SAME_DTYPE = "Same as the inputs"
 
 
 def is_random(spec: MethodSpec) -> bool:
-    """Does the method draw random numbers (so the seed matters)?
-
-    Uses `spec.random` when core provides it; until then the description, which core
-    writes to say "Seeded by the recipe's seed" for such methods.
-    """
-    flag = getattr(spec, "random", None)
-    if flag is not None:
-        return bool(flag)
-    return "seed" in spec.description.lower()
+    """Does the method draw random numbers (so the seed matters)?"""
+    return spec.needs.random
 
 
 def needs_text(spec: MethodSpec) -> str:
@@ -59,6 +52,8 @@ def needs_text(spec: MethodSpec) -> str:
         parts.append(f"{n.min_models} to {n.max_models} input models")
     if n.data:
         parts.append("evaluation data")
+    elif n.uses_data:
+        parts.append("data (optional, used for BatchNorm statistics)")
     if n.arch:
         parts.append("the architecture")
     return "Needs: " + ", ".join(parts) + "."
@@ -106,7 +101,7 @@ class QtMethodPanel(QWidget):
 
         self.data_combo = QComboBox(self)
         self.data_combo.setEditable(True)
-        self.data_combo.addItems(["digits"])
+        self.data_combo.addItems(["", "digits"])  # blank: no data (optional for some methods)
         self.data_combo.setToolTip(
             "Evaluation data: 'digits' (built in) or a .npz file with arrays x and y"
         )
@@ -237,7 +232,7 @@ class QtMethodPanel(QWidget):
         self.form.set_params(tuple(p for p in spec.params if not p.per_model))
         self.per_tensor.set_params(spec.params)
         for label, row, shown in (
-            (self._data_label, self._data_row, spec.needs.data),
+            (self._data_label, self._data_row, spec.needs.data or spec.needs.uses_data),
             (self._arch_label, self._arch_row, spec.needs.arch),
         ):
             label.setVisible(shown)

@@ -102,7 +102,7 @@ SPECS = (
             _SOLVER,
             _RESET_BN,
         ),
-        needs=Needs(arch=True, min_models=2, max_models=2),
+        needs=Needs(arch=True, uses_data=True, min_models=2, max_models=2),
         reference_url="https://arxiv.org/abs/2209.04836",
     ),
     MethodSpec(

@@ -118,7 +118,11 @@ class Needs:
 
     base: bool = False
     data: bool = False
+    # Data that is optional but used when given (e.g. BatchNorm re-estimation).
+    uses_data: bool = False
     arch: bool = False
+    # Draws random numbers: the recipe's seed matters.
+    random: bool = False
     min_models: int = 1
     max_models: int | None = None
     # For methods with a base: does the base also count as an input when listed in
@@ -130,7 +134,9 @@ class Needs:
         return {
             "base": self.base,
             "data": self.data,
+            "uses_data": self.uses_data or self.data,
             "arch": self.arch,
+            "random": self.random,
             "min_models": self.min_models,
             "max_models": self.max_models,
         }

@@ -202,6 +202,7 @@ def _rescale(default: bool) -> tuple[Param, Param]:
 
 
 _TA_NEEDS = Needs(base=True, min_models=1)
+_DARE_NEEDS = Needs(base=True, min_models=1, random=True)
 
 SPECS = (
     MethodSpec(
@@ -261,7 +262,7 @@ SPECS = (
             *_rescale(True),
             _INT8,
         ),
-        needs=_TA_NEEDS,
+        needs=_DARE_NEEDS,
         reference_url="https://arxiv.org/abs/2311.03099",
     ),
     MethodSpec(
@@ -279,7 +280,7 @@ SPECS = (
             *_rescale(True),
             _INT8,
         ),
-        needs=_TA_NEEDS,
+        needs=_DARE_NEEDS,
         reference_url="https://arxiv.org/abs/2311.03099",
     ),
 )
