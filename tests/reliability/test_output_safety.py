@@ -211,11 +211,6 @@ def test_an_unwritable_place_is_a_clean_error(models):
         run_merge(ta(models), Path("/proc/merger-test.safetensors"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="overwrite replaces any existing folder wholesale; "
-    "a folder with non-model files (a user's documents) should be refused",
-)
 def test_overwrite_does_not_delete_an_unrelated_folder(models, tmp_path):
     docs = tmp_path / "documents"
     docs.mkdir()
