@@ -12,6 +12,7 @@ from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QFileDialog
 
 from core.errors import MergerError
+from core.merge import validate_recipe
 from core.recipe import Recipe
 from merger_app._model_rows import normalize_path
 from merger_app._recipe_build import rows_from_recipe
@@ -73,6 +74,7 @@ class QtFileActions:
         """Replace the models and method with a recipe's; False (and a dialog) on errors."""
         try:
             recipe = Recipe.load(path)
+            validate_recipe(recipe)  # refuse bad values here, not later in the form
             problems = self.method.apply_recipe(recipe)
         except MergerError as exc:
             self._error("Cannot open the recipe", str(exc))

@@ -81,6 +81,13 @@ def read_index(path: Path) -> dict[str, str]:
 def shard_paths(index: Path, weight_map: dict[str, str]) -> list[Path]:
     """The shard files an index names, in first-use order; missing ones are an error."""
     names = list(dict.fromkeys(weight_map.values()))
+    escaping = [n for n in names if Path(n).is_absolute() or Path(n).name != n]
+    if escaping:  # shards live beside their index; anything else reads files it should not
+        raise CheckpointError(
+            f"the index names shard(s) outside its folder: {', '.join(escaping[:3])}",
+            file=index,
+            hint="an index may only name plain file names in its own folder",
+        )
     paths = [index.parent / n for n in names]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:

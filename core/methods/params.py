@@ -64,8 +64,12 @@ def interpolate_gradient(values: Sequence[float], t: float) -> float:
     return float(values[lo]) * (1 - frac) + float(values[lo + 1]) * frac
 
 
+NO_MATCH = object()  # a filter list with no entry for this tensor
+
+
 def resolve_value(value: Any, name: str, t: float, *, param: str) -> Any:
-    """The scalar that `value` takes for tensor `name` at layer position `t`."""
+    """The scalar that `value` takes for tensor `name` at layer position `t`
+    (`NO_MATCH` when a filter list has no entry for it and no fallback)."""
     if isinstance(value, list | tuple):
         if not value:
             raise RecipeError(f"parameter '{param}' is an empty list")
@@ -76,10 +80,7 @@ def resolve_value(value: Any, name: str, t: float, *, param: str) -> Any:
                     if "value" not in entry:
                         raise RecipeError(f"parameter '{param}': a filter entry has no 'value'")
                     return resolve_value(entry["value"], name, t, param=param)
-            raise RecipeError(
-                f"parameter '{param}': no filter matches tensor '{name}' and no fallback "
-                "entry (one without 'filter') is given"
-            )
+            return NO_MATCH  # as in mergekit: the parameter's default applies
         if any(isinstance(v, Mapping) for v in value):
             raise RecipeError(f"parameter '{param}' mixes filter entries and numbers")
         try:
@@ -99,6 +100,8 @@ def resolve_value(value: Any, name: str, t: float, *, param: str) -> Any:
 def check_value(p: Param, value: Any, *, where: str) -> None:
     """Validate every scalar a (possibly per-tensor) value can take, before any work starts."""
     if isinstance(value, list | tuple):
+        if not value:
+            raise RecipeError(f"{where}: parameter '{p.name}' is an empty list")
         if not p.per_tensor:
             raise RecipeError(f"{where}: parameter '{p.name}' cannot vary by tensor or layer")
         for v in value:
@@ -137,7 +140,8 @@ def resolve_params(
         else:
             out[p.name] = p.default
             continue
-        out[p.name] = p.coerce(resolve_value(value, name, t, param=p.name), where=name)
+        value = resolve_value(value, name, t, param=p.name)
+        out[p.name] = p.default if value is NO_MATCH else p.coerce(value, where=name)
     return out
 
 

@@ -73,25 +73,16 @@ def sparsify(
     return delta.mul_(before / after)
 
 
-def sign_consensus_mask(weighted: torch.Tensor, how: str) -> torch.Tensor:
-    """Entries whose sign agrees with the elected sign (ties at zero elect +)."""
-    signs = weighted.sign()
-    votes = weighted.sum(dim=0) if how == "sum" else signs.sum(dim=0)
-    elected = torch.where(votes >= 0, 1.0, -1.0).to(weighted.dtype)
-    return signs == elected
-
-
-def merge_task_vectors(
+def _weighted_deltas(
     inputs: list[torch.Tensor],
     base: torch.Tensor,
     params: dict,
     model_params: list[dict],
     ctx: TensorContext,
-    *,
     sparsification: str | None,
-    consensus: str | None,
-) -> torch.Tensor:
-    """θ₀ + λ·combine(sparsify(θᵢ − θ₀)) for one tensor; see the module docstring."""
+) -> list[torch.Tensor]:
+    """wᵢ·sparsify(θᵢ − θ₀), computed in the input buffers themselves (no new tensors:
+    a streamed merge is bound by memory traffic, and fresh buffers cost page faults)."""
     deltas = []
     for i, (x, mp) in enumerate(zip(inputs, model_params, strict=True)):
         delta = x.sub_(base)
@@ -105,22 +96,55 @@ def merge_task_vectors(
                 rescale_mode=params.get("rescale_mode", "l1"),
                 gen=gen,
             )
-        deltas.append(delta)
-    weights = torch.tensor(
-        [float(mp["weight"]) for mp in model_params], dtype=base.dtype, device=base.device
-    ).view(-1, *([1] * base.dim()))
-    stacked = torch.stack(deltas).mul_(weights)
+        deltas.append(delta.mul_(float(mp["weight"])))
+    return deltas
+
+
+def _disjoint_merge(
+    deltas: list[torch.Tensor], weights: list[float], how: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TIES elect + disjoint merge: (Σ agreeing wᵢτᵢ, Σ agreeing wᵢ), ties at zero elect +.
+
+    An entry agrees when its sign equals the elected sign, so zeros (trimmed or dropped
+    entries) never count, as in the paper and mergekit.
+    """
+    votes = torch.zeros_like(deltas[0])
+    for d in deltas:
+        votes.add_(d if how == "sum" else d.sign())
+    elected = torch.where(votes >= 0, 1.0, -1.0).to(votes.dtype)
+    mixed, divisor = votes.zero_(), torch.zeros_like(votes)
+    for d, w in zip(deltas, weights, strict=True):
+        agree = d.sign() == elected
+        mixed.add_(torch.where(agree, d, 0.0))
+        divisor.add_(agree.to(divisor.dtype), alpha=w)
+    divisor[divisor == 0] = 1
+    return mixed, divisor
+
+
+def merge_task_vectors(
+    inputs: list[torch.Tensor],
+    base: torch.Tensor,
+    params: dict,
+    model_params: list[dict],
+    ctx: TensorContext,
+    *,
+    sparsification: str | None,
+    consensus: str | None,
+) -> torch.Tensor:
+    """θ₀ + λ·combine(sparsify(θᵢ − θ₀)) for one tensor; see the module docstring."""
+    deltas = _weighted_deltas(inputs, base, params, model_params, ctx, sparsification)
+    weights = [float(mp["weight"]) for mp in model_params]
     if consensus is not None:
-        mask = sign_consensus_mask(stacked, consensus)
-        mixed = (stacked * mask).sum(dim=0)
-        divisor = (weights * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
+        mixed, divisor = _disjoint_merge(deltas, weights, consensus)
+        if params["normalize"]:
+            mixed.div_(divisor)
     else:
-        mixed = stacked.sum(dim=0)
-        divisor = weights.sum(dim=0).expand_as(mixed).clone()
-        divisor[divisor.abs() < 1e-8] = 1
-    if params["normalize"]:
-        mixed.div_(divisor)
+        mixed = deltas[0]
+        for d in deltas[1:]:
+            mixed.add_(d)
+        total = sum(weights)
+        if params["normalize"] and abs(total) >= 1e-8:
+            mixed.div_(total)
     return base.add_(mixed, alpha=float(params["lambda"]))
 
 

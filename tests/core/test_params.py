@@ -42,9 +42,23 @@ def test_filters_pick_first_match_then_fallback():
     assert resolve_value(value, "norm.weight", 1.0, param="t") == 0.9
 
 
-def test_filter_without_fallback_is_a_clear_error():
-    with pytest.raises(RecipeError, match="no filter matches"):
-        resolve_value([{"filter": "attn", "value": 1}], "mlp.w", 0, param="t")
+def test_filter_without_fallback_leaves_other_tensors_at_the_default():
+    # mergekit's meaning: a tensor no filter names takes the parameter's default
+    spec = REGISTRY.get("ties")
+    raw = {"density": [{"filter": "attn", "value": 0.3}]}
+    assert resolve_params(spec, raw, "l.attn.q", 0, per_model=True)["density"] == 0.3
+    assert resolve_params(spec, raw, "l.mlp.up", 0, per_model=True)["density"] == 1.0
+
+
+def test_empty_gradient_is_refused_before_any_work():
+    from core.merge import validate_recipe
+    from core.recipe import Recipe
+
+    recipe = Recipe.from_yaml(
+        "merge_method: ties\nbase_model: a\nmodels: [a, b]\nparameters: {lambda: []}"
+    )
+    with pytest.raises(RecipeError, match="empty list"):
+        validate_recipe(recipe)
 
 
 def test_resolve_params_types_and_ranges():

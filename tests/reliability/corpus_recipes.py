@@ -264,6 +264,7 @@ def recipe_cases(root: Path, m: dict[str, Path], cases: list[Case]) -> None:
         cat,
         ta({"lambda": [{"filter": "no_such_layer", "value": 0.3}]}),
         "lambda",
+        expect="either",  # valid in mergekit: unmatched tensors take the default
     )
     _recipe(d, cases, "filter_without_value", cat, ta({"lambda": [{"filter": "layers"}]}), "lambda")
     _recipe(
