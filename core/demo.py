@@ -28,7 +28,7 @@ from core.atomic import write_bytes_atomic, write_text_atomic
 from core.checkpoints import save_state_dict
 from core.data import Dataset, split_digits
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
 _RECIPES = {
     "task_arithmetic.yaml": """\
 # Add what each fine-tune learned to the base model.
@@ -66,6 +66,15 @@ models:
   - model: ../finetuned_0-4.safetensors
   - model: ../finetuned_5-9.safetensors
   - model: ../finetuned_even.safetensors
+""",
+    "weight_matching.yaml": """\
+# Git Re-Basin: permute seed_b's hidden units to match seed_a, then average the two.
+merge_method: weight_matching
+models:
+  - model: ../seed_a.safetensors
+  - model: ../seed_b.safetensors
+parameters:
+  lambda: 0.5
 """,
     "slerp.yaml": """\
 # Along the great circle between two fine-tunes: t grows from 0.2 (first layer) to 0.8 (last).

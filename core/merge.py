@@ -258,8 +258,6 @@ def run_merge(
             raise IncompatibleModelsError(
                 reason, file=path, hint="these models do not share one architecture"
             )
-        for note in report.notes:
-            progress.log(note)
         compute_dtype = TORCH_DTYPES[recipe.dtype] if recipe.dtype else torch.float32
         # refuse up front, with the numbers, what cannot fit (streaming is already minimal)
         check_merge_memory(

@@ -177,6 +177,8 @@ def _report(result: MergeResult, args: argparse.Namespace) -> None:
     if args.json:
         print_json(result.to_json())
         return
+    for note in result.notes:
+        print(f"note: {note}")
     files = ", ".join(str(f) for f in result.files)
     print(f"wrote {result.out} in {result.seconds:.1f} s ({files})")
 

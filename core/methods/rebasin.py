@@ -37,6 +37,7 @@ _RESET_BN = Param(
     "Re-estimate BatchNorm statistics on the data after "
     "interpolating (only when data is given and the model has BatchNorm).",
     per_tensor=False,
+    label="Re-estimate BatchNorm",
 )
 
 
@@ -66,8 +67,6 @@ def _merge(ctx, method: str) -> dict[str, torch.Tensor]:
         merged, count = repair_batchnorm(result.arch, merged, data)
         if count:
             notes.append(f"re-estimated BatchNorm statistics of {count} layer(s) on {data.name}")
-    for note in notes:
-        ctx.progress.log(note)
     ctx.notes.extend(notes)
     return merged
 
@@ -98,6 +97,7 @@ SPECS = (
                 min=1,
                 max=10_000,
                 per_tensor=False,
+                label="Max sweeps",
             ),
             _SOLVER,
             _RESET_BN,
