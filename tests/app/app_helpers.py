@@ -47,3 +47,12 @@ def load_for_method(window, demo, name: str) -> None:
     assert not window.add_models(paths)
     if spec.needs.data:
         window.method.data_combo.setCurrentText(str(demo.data))
+
+
+def save_tiny(path: Path, tensors: dict) -> Path:
+    """Write a small safetensors file (numpy arrays) for tests that need odd models."""
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path

@@ -17,6 +17,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import pytest  # noqa: E402
+from app_helpers import save_tiny  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -118,15 +119,6 @@ def window(qtbot, settings):
     yield w
     if w.last_error is not None and w.last_error.isVisible():
         w.last_error.close()
-
-
-def save_tiny(path: Path, tensors: dict) -> Path:
-    """Write a small safetensors file (numpy arrays) for tests that need odd models."""
-    from safetensors.numpy import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
-    return path
 
 
 @pytest.fixture(scope="session")

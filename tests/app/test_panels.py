@@ -76,7 +76,7 @@ def test_move_and_remove(window, tiny):
 
 def test_incompatible_models_are_marked_with_the_reason(window, tiny, tmp_path):
     import numpy as np
-    from conftest import save_tiny
+    from app_helpers import save_tiny
 
     other = save_tiny(
         tmp_path / "other.safetensors", {"layers.0.weight": np.zeros((16, 64), np.float32)}

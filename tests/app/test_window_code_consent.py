@@ -34,8 +34,9 @@ def test_architecture_file_runs_only_after_consent(window, qtbot, tiny, tmp_path
     window.method.arch_combo.setCurrentText(f"{model_py}:factory")
 
     answers = []
-    monkeypatch.setattr(main_window, "ask_run_code", lambda parent, arch: answers.append(arch)
-                        or False)
+    monkeypatch.setattr(
+        main_window, "ask_run_code", lambda parent, arch: answers.append(arch) or False
+    )
     assert window.merge() is False
     assert answers == [f"{model_py}:factory"]
     assert not (tmp_path / "model.py.ran").exists()
