@@ -30,6 +30,7 @@ class Actions:
     about: QAction
     devices: dict[str, QAction]
     recent_menu: QMenu
+    recent_recipes_menu: QMenu
 
 
 def _action(
@@ -106,6 +107,7 @@ def build_actions(window: QMainWindow) -> Actions:
         about=_action(window, "&About Merger", [], "Version and license"),
         devices={},
         recent_menu=QMenu("Recent &Models", window),
+        recent_recipes_menu=QMenu("Recent R&ecipes", window),
     )
     group = QActionGroup(window)
     for device in DEVICES:
@@ -122,7 +124,9 @@ def build_actions(window: QMainWindow) -> Actions:
     file_menu.addActions([a.add_models])
     file_menu.addMenu(a.recent_menu)
     file_menu.addSeparator()
-    file_menu.addActions([a.open_recipe, a.export_recipe])
+    file_menu.addAction(a.open_recipe)
+    file_menu.addMenu(a.recent_recipes_menu)
+    file_menu.addAction(a.export_recipe)
     file_menu.addSeparator()
     file_menu.addAction(a.save)
     file_menu.addSeparator()
@@ -143,7 +147,7 @@ def build_actions(window: QMainWindow) -> Actions:
 
 
 def fill_recent(menu: QMenu, paths: list[str], open_path, clear) -> None:
-    """Rebuild the Recent Models menu; entries that no longer exist are shown disabled."""
+    """Rebuild a Recent menu; entries that no longer exist are shown disabled."""
     menu.clear()
     for path in paths:
         act = menu.addAction(Path(path).name or path)

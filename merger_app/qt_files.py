@@ -31,6 +31,12 @@ class QtFileActions:
             lambda p: self.add_models([p]),
             self._clear_recent,
         )
+        fill_recent(
+            self.actions.recent_recipes_menu,
+            self.settings.recent_recipes(),
+            self.open_recipe,
+            self._clear_recent,
+        )
 
     def _clear_recent(self) -> None:
         self.settings.clear_recent()
@@ -81,6 +87,7 @@ class QtFileActions:
             return False
         self.settings.set_last_folder("recipes", path)
         self.settings.add_recent_recipe(str(path))
+        self._fill_recent()
         entries = rows_from_recipe(recipe, self.method.spec())
         self.models.model.set_rows([])
         errors = self.models.add_paths([p for p, _, _ in entries])

@@ -142,3 +142,15 @@ def test_demo_screenshot_command(demo, tmp_path):
     proc = run_app(["--demo", "--screenshot", str(out)], tmp_path, demo.folder.parent)
     assert proc.returncode == 0, proc.stderr
     assert_png(out, (1280, 800))
+
+
+def test_opened_recipes_appear_in_recent_recipes(window, tiny, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"merge_method: linear\nmodels: [{tiny.models['a']}, {tiny.models['b']}]\n")
+    assert window.open_recipe(recipe)
+    menu = window.actions.recent_recipes_menu
+    entries = [a for a in menu.actions() if a.toolTip() == str(recipe)]
+    assert len(entries) == 1 and entries[0].isEnabled()
+    window.models.model.set_rows([])
+    entries[0].trigger()  # reopening from the menu loads the recipe's models again
+    assert len(window.models.model.rows()) == 2
