@@ -13,7 +13,7 @@ import torch
 
 from core.checkpoints import CheckpointWriter, TensorInfo, open_checkpoint
 from core.jobs import Progress
-from core.recipe import TORCH_DTYPES
+from core.recipe import TORCH_DTYPES, Recipe
 from core.streaming import OutputTensor, run_streaming
 
 
@@ -37,17 +37,22 @@ def export_checkpoint(
             )
             outputs.append(OutputTensor(info.name, info.shape, out_dtype, (0,)))
             plan.append(TensorInfo.of(info.name, info.shape, out_dtype))
+        metadata = dict(ckpt.metadata)
+        if dtype and "merger_recipe" in metadata:
+            # the stored recipe must reproduce this file, in this dtype
+            recipe = Recipe.from_yaml(metadata["merger_recipe"]).with_(out_dtype=dtype)
+            metadata["merger_recipe"] = recipe.to_yaml()
         extra: dict[str, bytes] | None = {}
         if ckpt.config is not None:
             extra["config.json"] = json.dumps(ckpt.config, indent=2).encode()
-        if "merger_recipe" in ckpt.metadata:
-            extra["merger_recipe.yaml"] = ckpt.metadata["merger_recipe"].encode()
+        if "merger_recipe" in metadata:
+            extra["merger_recipe.yaml"] = metadata["merger_recipe"].encode()
         if str(out).endswith(".safetensors"):
             extra = None
         with CheckpointWriter(
             out,
             plan,
-            metadata=dict(ckpt.metadata),
+            metadata=metadata,
             shard_size=shard_size,
             protect=[str(src)],
             overwrite=overwrite,

@@ -14,14 +14,14 @@ _COUNT_UNITS = ("", "K", "M", "B", "T")
 
 
 def human_bytes(n: int | float | None) -> str:
-    """1536 → '1.5 KB' (powers of 1024, as file managers show sizes)."""
+    """1500 → '1.5 KB' (powers of 1000, as the CLI and the shard-size box read them)."""
     if n is None:
         return ""
     n = float(n)
-    if n < 1024:
+    if n < 1000:
         return f"{int(n)} B"
-    exp = min(int(math.log(n, 1024)), len(_SIZE_UNITS) - 1)
-    value = n / 1024**exp
+    exp = min(int(math.log(n, 1000)), len(_SIZE_UNITS) - 1)
+    value = n / 1000**exp
     return f"{value:.1f} {_SIZE_UNITS[exp]}" if value < 100 else f"{value:.0f} {_SIZE_UNITS[exp]}"
 
 

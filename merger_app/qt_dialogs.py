@@ -106,9 +106,7 @@ def save_options(path_text: str, fmt: str, dtype_text: str, shard_text: str) -> 
         try:
             shard = parse_size(shard_text.strip())
         except (MergerError, ValueError) as exc:
-            raise OutputError(
-                f"shard size: {exc}", hint="write a size such as 2GB or 500MB, or leave it empty"
-            ) from None
+            raise OutputError(f"shard size: {exc}") from None  # core's message says how
         if fmt == FILE_FORMAT:
             raise OutputError(
                 "a single .safetensors file cannot be split into shards",
@@ -142,6 +140,7 @@ class QtSaveDialog(QDialog):
         self.error.setWordWrap(True)
         self.error.hide()
         self.format.currentTextChanged.connect(self._format_changed)
+        self.shard.setEnabled(self.format.currentText() == FOLDER_FORMAT)
 
         row = QHBoxLayout()
         row.addWidget(self.path, 1)

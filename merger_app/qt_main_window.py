@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from core import __version__
+from core.devices import available_devices
 from core.errors import MergerError
 from core.recipe import Recipe
 from merger_app._jobs import demo_folder, demo_job, export_job, merge_job, remove_path
@@ -164,6 +165,10 @@ class QtMainWindow(QtFileActions, QMainWindow):
         out = merge_blockers(m.spec(), self.models.model.rows(), data=m.data())
         if out:
             return out
+        if self.settings.device() == "cuda" and "cuda" not in available_devices():
+            return [
+                "CUDA is selected but torch sees no GPU; choose Settings ▸ Device ▸ Auto or CPU."
+            ]
         try:
             from core.merge import validate_recipe
 
@@ -262,8 +267,12 @@ class QtMainWindow(QtFileActions, QMainWindow):
         job = demo_job(Path(folder) if folder else demo_folder())
 
         def done(demo) -> None:
+            # exactly the recipe it names, so Merge gives what `merger run` gives; the other
+            # demo models (a third fine-tune, the Re-Basin seeds) wait in File ▸ Recent Models
+            others = [*demo.models.values(), *demo.seeds]
+            self.settings.add_recent_models([str(p) for p in others])
+            self._fill_recent()
             if self.open_recipe(demo.recipe):
-                self.add_models(list(demo.models.values()))  # those the recipe left out
                 self.method.data_combo.setCurrentText(str(demo.data))
             self.demo_loaded.emit()
 
@@ -344,12 +353,23 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.merge_button.setToolTip(tip)
         if blockers:
             self.hint.setText(f"⚠ {blockers[0]}")
-        elif self.result is not None and not self.saved:
+        elif self.result is not None and not self.saved and self._result_is_current():
             self.hint.setText(
                 "Merged. Save the result (Ctrl+S), or change settings and merge again."
             )
+        elif self.result is not None and not self.saved:
+            self.hint.setText(
+                "Settings changed since the last merge: Merge again, or Save the earlier result."
+            )
         else:
             self.hint.setText("Ready to merge.")
+
+    def _result_is_current(self) -> bool:
+        """Does the last merge result still match what the panels show?"""
+        try:
+            return self.current_recipe() == self.result_recipe
+        except MergerError:
+            return False
 
     def _error(self, title: str, message: str, details: str = "") -> None:
         self.last_error = show_error(self, title, message, details)

@@ -7,6 +7,7 @@ and the data / architecture / seed fields appear only for methods that use them.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.errors import MergerError
 from core.methods import REGISTRY
 from core.methods.registry import MethodSpec
 from core.recipe import DTYPES, Recipe
@@ -203,6 +205,8 @@ class QtMethodPanel(QWidget):
     def apply_recipe(self, recipe: Recipe) -> list[str]:
         """Show a recipe's method and global settings; returns what could not be shown."""
         self.set_method(recipe.merge_method)
+        self.form.reset()  # exactly the recipe: nothing carried over from before
+        self.per_tensor.clear()
         spec = self.spec()
         scalars: dict[str, Any] = {}
         per: dict[str, PerTensor] = {}
@@ -224,13 +228,34 @@ class QtMethodPanel(QWidget):
         return problems
 
     # -- internals -----------------------------------------------------------------------
+    def _current_values(self) -> tuple[dict[str, Any], dict[str, PerTensor]]:
+        """What the user set (not defaults, which differ between methods), to carry over to a
+        method with parameters of the same name."""
+        try:
+            scalars = self.form.changed_values()
+        except MergerError:
+            scalars = {}
+        try:
+            per = self.per_tensor.values()
+        except MergerError:
+            per = {}
+        return scalars, per
+
+    def _restore(self, scalars: dict[str, Any], per: dict[str, PerTensor]) -> None:
+        for name, value in scalars.items():
+            with contextlib.suppress(MergerError):  # out of the new method's range: default
+                self.form.set_values({name: value})
+        self.per_tensor.set_values(per)
+
     def _on_method(self, *_: object) -> None:
         spec = self.spec()
         link = f' <a href="{spec.reference_url}">Reference</a>' if spec.reference_url else ""
         self.description.setText(f"{spec.description}{link}")
         self.needs.setText(needs_text(spec))
+        kept, kept_per = self._current_values()
         self.form.set_params(tuple(p for p in spec.params if not p.per_model))
         self.per_tensor.set_params(spec.params)
+        self._restore(kept, kept_per)
         for label, row, shown in (
             (self._data_label, self._data_row, spec.needs.data or spec.needs.uses_data),
             (self._arch_label, self._arch_row, spec.needs.arch),

@@ -118,9 +118,17 @@ class QtModelsTable(QAbstractTableModel):
 
     def flags(self, index: AnyIndex) -> Qt.ItemFlag:
         base = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
-        if index.column() == ROLE or self.column_param(index.column()) is not None:
+        if index.column() == ROLE:
+            return base | Qt.ItemFlag.ItemIsEditable
+        param = self.column_param(index.column())
+        if param is not None and not self._varies(index.row(), param.name):
             return base | Qt.ItemFlag.ItemIsEditable
         return base
+
+    def _varies(self, row: int, name: str) -> bool:
+        """A gradient or filter list from a recipe: a spin box would flatten it to one number,
+        so such a cell is shown but not edited here."""
+        return row < len(self._rows) and isinstance(self._rows[row].values.get(name), list)
 
     def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid() or index.row() >= len(self._rows):
@@ -134,6 +142,12 @@ class QtModelsTable(QAbstractTableModel):
             if col == ROLE:
                 return (
                     "The base model is what task vectors are measured from. Double-click to change."
+                )
+            param = self.column_param(col)
+            if param is not None and self._varies(index.row(), param.name):
+                return (
+                    f"{param.name} varies by layer or tensor name here (from the recipe): "
+                    f"{row.values[param.name]}. Edit the recipe to change it."
                 )
         if role == Qt.ItemDataRole.DecorationRole and col == NAME and row.problem:
             return QApplication.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning)

@@ -115,6 +115,13 @@ class QtParamForm(QWidget):
     def values(self) -> dict[str, Any]:
         return {p.name: p.coerce(editor_value(self._editors[p.name])) for p in self._params}
 
+    def changed_values(self) -> dict[str, Any]:
+        """The values the user moved away from their defaults (RecipeError if invalid)."""
+        return {k: v for k, v in self.values().items() if v != self._param(k).default}
+
+    def _param(self, name: str) -> Param:
+        return next(p for p in self._params if p.name == name)
+
     def set_values(self, values: dict[str, Any]) -> None:
         """Set the given parameters (coerced, so out-of-range values raise RecipeError)."""
         for p in self._params:

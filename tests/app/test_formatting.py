@@ -19,11 +19,11 @@ from merger_app._recipe_build import PerTensor, param_value, parse_gradient, spl
     ("n", "text"),
     [
         (0, "0 B"),
-        (1023, "1023 B"),
-        (1536, "1.5 KB"),
-        (35_840, "35.0 KB"),
-        (5 * 1024**3, "5.0 GB"),
-        (150 * 1024**2, "150 MB"),
+        (999, "999 B"),
+        (1500, "1.5 KB"),
+        (35_880, "35.9 KB"),
+        (5 * 1000**3, "5.0 GB"),
+        (150 * 1000**2, "150 MB"),
     ],
 )
 def test_human_bytes(n, text):

@@ -25,7 +25,7 @@ def test_rows_show_what_the_headers_say(window, tiny):
     assert headers(table) == ["Name", "Role", "Weight", "Format", "Parameters", "Dtype", "Size"]
     row = [table.index(0, c).data() for c in range(table.columnCount())]
     # 32·64+32 + 32·32+32 + 10·32+10 = 3466 float32 parameters, 13 864 bytes
-    assert row == ["base.safetensors", "base", "1", "safetensors", "3.47K", "float32", "13.5 KB"]
+    assert row == ["base.safetensors", "base", "1", "safetensors", "3.47K", "float32", "13.9 KB"]
 
 
 def test_adding_the_same_file_twice_keeps_one_row(window, tiny):
@@ -202,3 +202,31 @@ def test_open_recipe_fills_the_panels_and_export_writes_it_back(window, tiny, tm
         (str(tiny.models["b"]), {"weight": 1.0, "density": 0.5}),
     ]
     assert back.parameters["lambda"] == [0.5, 1.0] and back.parameters["normalize"] is False
+
+
+def test_switching_method_keeps_what_the_user_set(window):
+    window.method.set_method("task_arithmetic")
+    window.method.form.set_values({"lambda": 0.7})
+    window.method.set_method("ties")
+    assert window.method.form.values()["lambda"] == 0.7
+    assert window.method.form.values()["normalize"] is True  # ties' own default, not carried
+    window.method.set_method("task_arithmetic")
+    assert window.method.form.values() == {**window.method.form.values(), "lambda": 0.7}
+    assert window.method.form.values()["normalize"] is False
+
+
+def test_cells_holding_a_gradient_are_not_flattened_by_the_editor(window, tiny, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"merge_method: ties\nbase_model: {tiny.base}\n"
+        f"models: [{{model: {tiny.models['a']}, parameters: {{density: [0.2, 0.5]}}}}]\n"
+    )
+    assert window.open_recipe(recipe)
+    table = window.models.model
+    row = next(i for i, r in enumerate(table.rows()) if r.path == str(tiny.models["a"]))
+    col = next(c for c in range(table.columnCount()) if table.headerData(c, H) == "Density")
+    index = table.index(row, col)
+    assert not table.flags(index) & Qt.ItemFlag.ItemIsEditable
+    assert "varies by layer" in index.data(Qt.ItemDataRole.ToolTipRole)
+    entry = next(m for m in window.current_recipe().models if m.model == str(tiny.models["a"]))
+    assert entry.parameters["density"] == [0.2, 0.5]

@@ -30,7 +30,13 @@ def test_demo_opens_ready_to_merge_with_task_arithmetic(window, qtbot, demo):
     assert window.method.spec().name == "task_arithmetic"
     assert [r.role for r in rows].count("base") == 1
     assert rows[0].path == str(demo.base) and rows[0].role == "base"
-    assert {r.path for r in rows} == {str(demo.base), *map(str, demo.models.values())}
+    assert {r.path for r in rows} == {
+        str(demo.base),
+        str(demo.models["0-4"]),
+        str(demo.models["5-9"]),
+    }  # the recipe's models only
+    recent = [a.toolTip() for a in window.actions.recent_menu.actions()]
+    assert str(demo.seeds[0]) in recent and str(demo.models["even"]) in recent
     assert window.merge_button.isEnabled()
     assert window.hint.text() == "Ready to merge."
 

@@ -169,3 +169,19 @@ def test_eval_reports_accuracy_of_merged_model(demo, tmp_path, capsys):
     assert merged["n"] == finetuned["n"] == 449
     # the fine-tune forgot half the digits; adding both task vectors to the base recovers them
     assert merged["accuracy"] > finetuned["accuracy"] + 0.1
+
+
+def test_exported_copy_records_its_dtype_and_its_recipe_reproduces_it(demo, tmp_path):
+    from core.export import export_checkpoint
+
+    merged = tmp_path / "m"
+    assert main(["run", str(demo.recipes["task_arithmetic"]), "-o", str(merged), "--quiet"]) == 0
+    saved = tmp_path / "saved"
+    export_checkpoint(merged, saved, dtype="bfloat16", shard_size=10_000)
+    with open_checkpoint(saved) as ckpt:
+        assert all(i.dtype == torch.bfloat16 for i in ckpt.infos())
+        assert len(ckpt.files) > 1  # sharded
+    again = tmp_path / "again.safetensors"
+    assert main(["run", str(saved / "merger_recipe.yaml"), "-o", str(again), "--quiet"]) == 0
+    first, second = tensors(saved), tensors(again)
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -23,7 +23,8 @@ raise SystemExit(main(['methods']))
 
 
 def test_engine_and_cli_import_and_run_without_qt():
-    proc = subprocess.run([sys.executable, "-c", BLOCK_QT], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_QT], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert "task_arithmetic" in proc.stdout
