@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from core.data import Dataset
+from core.data.fit import forward_errors
 from core.errors import MergerError
 
 
@@ -32,7 +33,8 @@ def evaluate(
     total_loss, correct = 0.0, 0
     try:
         for x, y in dataset.batches(batch_size):
-            logits = model(x.to(device))
+            with forward_errors(dataset):
+                logits = model(x.to(device))
             y = y.to(device)
             _check_logits(logits, y, dataset.name)
             total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))

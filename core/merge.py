@@ -399,8 +399,13 @@ def _run_model_level(
     device = resolve_device(device)
     state = run_on_device(lambda d: spec.fn(dataclasses.replace(ctx, device=d)), device, progress)
     notes.extend(ctx.notes)
-    plan = [
-        TensorInfo.of(n, tuple(t.shape), _out_dtype(recipe, TensorInfo.of(n, t.shape, t.dtype)))
+    ref = session.reference
+    plan = [  # output dtypes follow the inputs' own (not the float32 the method computed in)
+        TensorInfo.of(
+            n,
+            tuple(t.shape),
+            _out_dtype(recipe, ref.info(n) if n in ref else TensorInfo.of(n, t.shape, t.dtype)),
+        )
         for n, t in state.items()
     ]
     with _writer(recipe, session, plan, target) as writer:

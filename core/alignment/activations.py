@@ -18,6 +18,7 @@ from core.alignment.activation_matching import ActivationStats
 from core.alignment.spec import Perms
 from core.architectures import Architecture
 from core.data import Dataset
+from core.data.fit import check_fits, forward_errors
 from core.errors import MergerError
 from core.jobs import Progress
 
@@ -105,6 +106,7 @@ def match_by_activations(
     progress: Progress | None = None,
 ) -> Perms:
     """Permutations of B's units maximising activation similarity with A, per group."""
+    check_fits(data, arch.input_shape)
     model_a, model_b = arch.build(dict(state_a)).eval(), arch.build(dict(state_b)).eval()
     points = hook_points(arch, model_a)
     rec_a, rec_b = _Recorder(model_a, points), _Recorder(model_b, points)
@@ -115,8 +117,9 @@ def match_by_activations(
             for i, (x, _) in enumerate(data.batches(batch_size, limit=batches)):
                 if progress is not None:
                     progress.update(i, total, f"activations: batch {i + 1} of {total}")
-                model_a(x)
-                model_b(x)
+                with forward_errors(data):
+                    model_a(x)
+                    model_b(x)
                 for group, st in stats.items():
                     st.update(rec_a.features[group], rec_b.features[group])
     finally:

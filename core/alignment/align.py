@@ -20,6 +20,7 @@ from core.alignment.spec import Perms
 from core.alignment.weight_matching import matching_objective, weight_matching
 from core.architectures import Architecture, resolve_architecture
 from core.data import Dataset
+from core.data.fit import check_fits, forward_errors
 from core.jobs import Progress
 
 State = Mapping[str, torch.Tensor]
@@ -123,8 +124,10 @@ def repair_batchnorm(
     how many BN layers were updated (0 when there are none or no data)."""
     if data is None:
         return state, 0
+    check_fits(data, arch.input_shape)
     model = arch.build(state)
-    count = reset_bn_stats(model, data, batches=batches)
+    with forward_errors(data):
+        count = reset_bn_stats(model, data, batches=batches)
     if count == 0:
         return state, 0
     fresh = model.state_dict()

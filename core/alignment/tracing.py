@@ -18,6 +18,8 @@ naming the op and the node, rather than guessed.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -406,15 +408,17 @@ def trace_spec(module: nn.Module, example_input: torch.Tensor) -> PermutationSpe
     was_training = module.training
     graph.eval()
     try:
-        with torch.no_grad():
+        # ShapeProp prints its own traceback on failure; the error below says it in one line
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(graph).propagate(example_input)
     except Exception as exc:
         cause = str(exc.__cause__ or exc).strip().splitlines()[0]
         raise MergerError(
             f"the example input of shape {list(example_input.shape)} does not run through "
             f"{type(module).__name__}: {cause}",
-            hint="give the model's input shape",
-        ) from exc
+            hint="define example_input = torch.randn(2, ...) with the model's input shape in "
+            "the model's file",
+        ) from None
     finally:
         module.train(was_training)
     return _Tracer(module, graph).run()

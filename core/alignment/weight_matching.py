@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from core.alignment.solvers import solve_assignment, solve_assignment_warm
-from core.alignment.spec import PermutationSpec
+from core.alignment.spec import PermutationSpec, expand_blocks
 from core.errors import MergerError
 from core.jobs import Progress
 
@@ -170,9 +170,12 @@ def _initial_perms(
     return perms
 
 
-def _unfold(x: torch.Tensor, axis: int) -> torch.Tensor:
-    """Rows = the units along `axis`, columns = everything else."""
-    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+def _unfold(x: torch.Tensor, axis: int, block: int = 1) -> torch.Tensor:
+    """Rows = the units along `axis`, columns = everything else.
+
+    With `block` > 1 each unit owns `block` consecutive entries of the axis (a conv's
+    channels flattened into a Linear's inputs), which go to its row."""
+    return x.movedim(axis, 0).reshape(x.shape[axis] // block, -1)
 
 
 class _Problem:
@@ -229,8 +232,12 @@ class _Problem:
         value = self.b[t]
         for ax, g in self.spec.axes_of(t):
             if ax != skip and g in perms:
-                value = value.index_select(ax, perms[g].to(self.device))
+                value = value.index_select(ax, self._index(t, ax, perms[g]))
         return value
+
+    def _index(self, t: str, ax: int, units: torch.Tensor) -> torch.Tensor:
+        """Entry indices along (t, ax) for these unit indices (whole blocks where blocked)."""
+        return expand_blocks(units.to(self.device), self.spec.block(t, ax))
 
     # -- cost matrices -------------------------------------------------------------
     def _full_cost(self, g: str, perms: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -238,7 +245,8 @@ class _Problem:
         cost = torch.zeros((n, n), dtype=torch.float32, device=self.device)
         for t, ax in self.entries[g]:
             other = self._permuted_b(t, perms, skip=ax)
-            cost.add_(_unfold(self.a[t], ax) @ _unfold(other, ax).T)
+            blk = self.spec.block(t, ax)
+            cost.add_(_unfold(self.a[t], ax, blk) @ _unfold(other, ax, blk).T)
         return cost
 
     def _update_cost(self, g: str, perms: Mapping[str, torch.Tensor]) -> bool:
@@ -281,13 +289,15 @@ class _Problem:
                 continue
             pos = changed[q].to(self.device)
             old, new = snap[q].to(self.device)[pos], perms[q].to(self.device)[pos]
-            a_part = self.a[t].index_select(b, pos)
-            b_new, b_old = self.b[t].index_select(b, new), self.b[t].index_select(b, old)
+            a_part = self.a[t].index_select(b, self._index(t, b, pos))
+            b_new = self.b[t].index_select(b, self._index(t, b, new))
+            b_old = self.b[t].index_select(b, self._index(t, b, old))
             for c, perm_c in view.items():
                 if c != b:
-                    perm_c = perm_c.to(self.device)
-                    b_new, b_old = b_new.index_select(c, perm_c), b_old.index_select(c, perm_c)
-            delta = torch.mm(_unfold(a_part, ax), _unfold(b_new - b_old, ax).T)
+                    idx = self._index(t, c, perm_c)
+                    b_new, b_old = b_new.index_select(c, idx), b_old.index_select(c, idx)
+            blk = self.spec.block(t, ax)
+            delta = torch.mm(_unfold(a_part, ax, blk), _unfold(b_new - b_old, ax, blk).T)
             self.cost[g].add_(delta)  # float32: deltas are small, drift stays ~1e-7
             view[b] = perms[q]
 

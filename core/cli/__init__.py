@@ -9,6 +9,7 @@ traceback; a cancel (Ctrl+C) exits 130 and leaves no output behind.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -20,8 +21,15 @@ from core.errors import Cancelled, MergerError
 COMMAND_MODULES = [cmd_info, cmd_merge, cmd_align, cmd_eval]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a malformed command line is one line too (exit 2), not a usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"merger: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="merger",
         description="Merge neural-network checkpoints (task arithmetic, TIES, DARE, SLERP, ...).",
     )
@@ -42,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MergerError as exc:
         print(f"merger: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `merger ... | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (Cancelled, KeyboardInterrupt):
         print("merger: cancelled; nothing was written", file=sys.stderr)
         return 130

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", help="digits, or an .npz with arrays x and y (for --by activations)")
     p.add_argument("--metric", choices=("correlation", "euclidean"), default="correlation")
-    p.add_argument("--max-iter", type=int, default=100, help="most weight-matching sweeps")
+    p.add_argument("--max-iter", type=_positive, default=100, help="most weight-matching sweeps")
     p.add_argument("--seed", type=int, default=0, help="seed of the sweep order")
     p.add_argument("--solver", choices=("auto", "scipy", "auction"), default="auto")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -45,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_align)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def cmd_align(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from core.architectures import resolve_architecture
 from core.checkpoints import open_checkpoint
 from core.cli.output import print_json
 from core.data import load_dataset
+from core.data.fit import check_fits
 from core.evaluate import evaluate
 
 
@@ -27,6 +28,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         with open_checkpoint(path) as ckpt:
             state = ckpt.state_dict()
         arch = resolve_architecture(args.arch, state)
+        check_fits(data, arch.input_shape)
         scores = evaluate(arch.build(state), data)
         rows.append({"model": path, "architecture": arch.name, **scores})
     if args.json:

@@ -16,6 +16,7 @@ from core.errors import RecipeError
 from core.jobs import Progress
 from core.merge import MergeResult, run_merge, validate_recipe
 from core.methods import REGISTRY
+from core.provenance import absolute_recipe
 from core.recipe import DTYPES, ModelEntry, Recipe, normalize_dtype
 
 
@@ -185,8 +186,8 @@ def _report(result: MergeResult, args: argparse.Namespace) -> None:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
-    if args.save_recipe:
-        recipe.save(args.save_recipe)
+    if args.save_recipe:  # absolute paths: the recipe runs from any folder
+        absolute_recipe(recipe).save(args.save_recipe)
     # --arch given on this command line is the user's own choice of code to run
     return _execute(recipe, args.output, args, allow_code=True)
 

@@ -10,8 +10,8 @@ A value in a recipe can be:
 
 Layer positions come from `LayerIndex`, which finds the block number in tensor names
 (`model.layers.12.mlp.weight` → block 12) and maps the blocks in order onto [0, 1].
-Tensors outside the blocks get t = 0 before the first block (embeddings) and t = 1 after
-the last (final norm, head), as mergekit treats its pre- and post-weights.
+Tensors outside the blocks get t = 0 on the input side (embeddings) and t = 1 on the output
+side (final norm, head), as mergekit treats its pre- and post-weights.
 """
 
 from __future__ import annotations
@@ -23,32 +23,52 @@ from typing import Any
 from core.errors import RecipeError
 from core.methods.registry import MethodSpec, Param
 
-_BLOCK = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+_TRAILING_DIGITS = re.compile(r"(\d+)$")
+# Tensors outside the numbered blocks: input side (t = 0) or output side (t = 1), by name,
+# since safetensors files list names alphabetically (`lm_head` before `model.layers`).
+_INPUT_SIDE = re.compile(r"embed|wte|wpe|tok|patch|stem|pos_|cls_token|^conv1\.|^bn1\.|^input")
+_OUTPUT_SIDE = re.compile(r"head|norm|ln_f|final|classifier|^fc\.|output|pooler|score")
+
+
+def block_key(name: str) -> tuple[int, ...] | None:
+    """Depth key of a tensor in a numbered block, or None outside the blocks.
+
+    The first purely numeric path component is the block (`model.layers.12.mlp` → (12,));
+    digits attached to earlier components count before it, so torchvision's
+    `layer3.1.conv1` → (3, 1) sorts after every `layer2.*`.
+    """
+    key: list[int] = []
+    for part in name.split("."):
+        if part.isdigit():
+            return (*key, int(part))
+        match = _TRAILING_DIGITS.search(part)
+        if match:
+            key.append(int(match.group(1)))
+    return None
 
 
 class LayerIndex:
     """Positions t ∈ [0, 1] of tensors along the network's depth, from their names."""
 
     def __init__(self, names: Sequence[str]) -> None:
-        self._block_of: dict[str, int] = {}
-        for name in names:
-            match = _BLOCK.search(name)
-            if match:
-                self._block_of[name] = int(match.group(1))
-        blocks = sorted(set(self._block_of.values()))
-        self._rank = {b: i for i, b in enumerate(blocks)}
-        self._count = len(blocks)
-        first_block_pos = next((i for i, n in enumerate(names) if n in self._block_of), None)
+        self._key_of = {n: k for n in names if (k := block_key(n)) is not None}
+        keys = sorted(set(self._key_of.values()))
+        self._rank = {k: i for i, k in enumerate(keys)}
+        self._count = len(keys)
         self._pos = {n: i for i, n in enumerate(names)}
-        self._first_block_pos = first_block_pos
+        self._first_block_pos = next((i for i, n in enumerate(names) if n in self._key_of), None)
 
     def t(self, name: str) -> float:
         """Layer position of `name`: 0 for the first block, 1 for the last."""
-        if name in self._block_of:
+        if name in self._key_of:
             if self._count <= 1:
                 return 0.0
-            return self._rank[self._block_of[name]] / (self._count - 1)
-        pos = self._pos.get(name)
+            return self._rank[self._key_of[name]] / (self._count - 1)
+        if _INPUT_SIDE.search(name):
+            return 0.0
+        if _OUTPUT_SIDE.search(name):
+            return 1.0
+        pos = self._pos.get(name)  # unknown name: where it stands in the file
         if pos is None or self._first_block_pos is None:
             return 0.0
         return 0.0 if pos < self._first_block_pos else 1.0
@@ -76,7 +96,7 @@ def resolve_value(value: Any, name: str, t: float, *, param: str) -> Any:
         if all(isinstance(v, Mapping) for v in value):
             for entry in value:
                 flt = entry.get("filter")
-                if flt is None or str(flt) in name:
+                if flt is None or str(flt) == "*" or str(flt) in name:
                     if "value" not in entry:
                         raise RecipeError(f"parameter '{param}': a filter entry has no 'value'")
                     return resolve_value(entry["value"], name, t, param=param)
@@ -126,21 +146,18 @@ def resolve_params(
     """Resolve and type the parameters of `spec` for tensor `name`.
 
     `per_model` selects the per-model parameters (weight, density, ...); the others
-    are global. Values missing from `raw` come from `fallback` (the recipe's global
-    parameters) and then from the parameter's default.
+    are global. A value that is missing from `raw`, or whose filters do not name this
+    tensor, comes from `fallback` (the recipe's global parameters) and then from the
+    parameter's default — mergekit's order of precedence.
     """
     out: dict[str, Any] = {}
     for p in spec.params:
         if p.per_model != per_model:
             continue
-        if p.name in raw:
-            value = raw[p.name]
-        elif fallback is not None and p.name in fallback:
-            value = fallback[p.name]
-        else:
-            out[p.name] = p.default
-            continue
-        value = resolve_value(value, name, t, param=p.name)
+        value: Any = NO_MATCH
+        for source in (raw, fallback or {}):
+            if value is NO_MATCH and p.name in source:
+                value = resolve_value(source[p.name], name, t, param=p.name)
         out[p.name] = p.default if value is NO_MATCH else p.coerce(value, where=name)
     return out
 

@@ -153,3 +153,44 @@ def test_recipe_naming_a_python_file_needs_allow_code(demo, tmp_path, capsys):
     assert not (tmp_path / "model.py.ran").exists() and not out.exists()
     assert main(["run", str(recipe), "-o", str(out), "--allow-code", "--quiet"]) == 0
     assert (tmp_path / "model.py.ran").exists() and out.exists()
+
+
+def test_rebasin_output_keeps_the_inputs_dtype(demo, tmp_path):
+    from core.checkpoints import save_state_dict
+
+    a_path, b_path = demo.seeds
+    halves = []
+    for src, name in ((a_path, "a"), (b_path, "b")):
+        st = {k: v.to(torch.bfloat16) for k, v in state(src).items()}
+        halves.append(save_state_dict(st, tmp_path / f"{name}.safetensors")[0])
+    out = tmp_path / "wm.safetensors"
+    assert (
+        main(["merge", "--method", "weight_matching", *map(str, halves), "-o", str(out), "--quiet"])
+        == 0
+    )
+    with open_checkpoint(out) as ckpt:
+        assert {i.dtype for i in ckpt.infos()} == {torch.bfloat16}
+
+
+def test_saved_recipe_runs_from_another_folder(demo, tmp_path, monkeypatch):
+    recipe = tmp_path / "r.yaml"
+    monkeypatch.chdir(demo.folder)
+    assert (
+        main(
+            [
+                "merge",
+                "--method",
+                "linear",
+                "seed_a.safetensors",
+                "seed_b.safetensors",
+                "-o",
+                str(tmp_path / "x.safetensors"),
+                "--save-recipe",
+                str(recipe),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(recipe), "-o", str(tmp_path / "y.safetensors"), "--quiet"]) == 0

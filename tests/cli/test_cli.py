@@ -185,3 +185,30 @@ def test_exported_copy_records_its_dtype_and_its_recipe_reproduces_it(demo, tmp_
     assert main(["run", str(saved / "merger_recipe.yaml"), "-o", str(again), "--quiet"]) == 0
     first, second = tensors(saved), tensors(again)
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_data_that_does_not_fit_the_model_is_a_user_error(demo, tmp_path, capsys):
+    import numpy as np
+
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.random.rand(10, 32).astype("float32"), y=np.zeros(10, dtype="int64"))
+    a, b = demo.seeds
+    cases = [
+        ["eval", str(demo.base), "--data", str(bad)],
+        [
+            "merge",
+            "--method",
+            "activation_matching",
+            str(a),
+            str(b),
+            "--data",
+            str(bad),
+            "-o",
+            str(tmp_path / "am.safetensors"),
+        ],
+    ]
+    for args in cases:
+        assert main(args) == 1, args
+        err = capsys.readouterr().err
+        assert "shaped [32]" in err and "takes [64]" in err, err
+    assert not (tmp_path / "am.safetensors").exists()

@@ -30,6 +30,36 @@ def test_layer_index_positions():
     assert [idx.t(n) for n in names] == [0.0, 0.0, 0.5, 1.0, 1.0, 1.0]
 
 
+def test_layer_index_reads_names_not_file_order():
+    # safetensors lists names alphabetically: lm_head comes first but belongs at the end
+    names = sorted(
+        [
+            "model.embed_tokens.weight",
+            "model.layers.0.w",
+            "model.layers.1.w",
+            "model.norm.weight",
+            "lm_head.weight",
+        ]
+    )
+    idx = LayerIndex(names)
+    assert idx.t("lm_head.weight") == 1.0
+    assert idx.t("model.embed_tokens.weight") == 0.0
+    assert idx.t("model.norm.weight") == 1.0
+
+
+def test_layer_index_orders_torchvision_stages():
+    names = [
+        "conv1.weight",
+        "layer1.0.conv1.weight",
+        "layer1.1.conv1.weight",
+        "layer2.0.conv1.weight",
+        "layer2.1.conv1.weight",
+        "fc.weight",
+    ]
+    idx = LayerIndex(names)
+    assert [idx.t(n) for n in names] == [0.0, 0.0, 1 / 3, 2 / 3, 1.0, 1.0]
+
+
 def test_layer_index_uses_block_ranks_not_raw_numbers():
     idx = LayerIndex(["layers.0.weight", "layers.2.weight", "layers.4.weight"])
     assert [idx.t(f"layers.{i}.weight") for i in (0, 2, 4)] == [0.0, 0.5, 1.0]
@@ -69,3 +99,13 @@ def test_resolve_params_types_and_ranges():
         resolve_params(spec, {"density": 1.5}, "w", 0, per_model=True)
     with pytest.raises(RecipeError, match="must be a float"):
         resolve_params(spec, {"weight": "heavy"}, "w", 0, per_model=True)
+
+
+def test_unmatched_per_model_filter_falls_back_to_the_global_value():
+    spec = REGISTRY.get("task_arithmetic")
+    raw = {"weight": [{"filter": "head", "value": 2.0}]}
+    glob = {"weight": 0.5}
+    assert resolve_params(spec, raw, "head.weight", 0, per_model=True, fallback=glob)["weight"] == 2
+    assert resolve_params(spec, raw, "body.w", 0, per_model=True, fallback=glob)["weight"] == 0.5
+    star = {"weight": [{"filter": "*", "value": 0.25}]}
+    assert resolve_params(spec, star, "any.w", 0, per_model=True)["weight"] == 0.25

@@ -226,3 +226,29 @@ def test_shape_mismatch_is_a_clear_error():
     spec.infer_sizes(a)
     with pytest.raises(MergerError, match="l0.weight"):
         weight_matching(spec, a, b)
+
+
+def test_conv_flattened_into_linear_blocks_are_matched_whole():
+    """A VGG whose last conv map (2×2) is flattened into the classifier: each channel owns
+    4 consecutive classifier inputs. A planted permutation is recovered exactly, and the
+    aligned model computes B's function."""
+    from core.architectures import resolve_architecture
+    from core.architectures.factories import vgg_state
+
+    state_a = vgg_state((8, "M", 16, "M"), hidden=(32,), side=2, seed=1)
+    arch = resolve_architecture("vgg", state_a)
+    spec = arch.spec
+    assert any(b > 1 for b in spec.blocks.values())
+    planted = spec.random(seed=3)
+    state_b = spec.apply(state_a, planted)
+    result = weight_matching(spec, state_a, state_b, seed=0)
+    for g, p in result.perms.items():
+        assert torch.equal(p, invert(planted[g])), g
+    aligned = spec.apply(state_b, result.perms)
+    x = torch.randn(4, *arch.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(arch.build(aligned)(x), arch.build(state_b)(x), atol=1e-5)
+    # and two unrelated models: the matching still runs and raises the objective
+    other = vgg_state((8, "M", 16, "M"), hidden=(32,), side=2, seed=2)
+    result = weight_matching(spec, state_a, other, seed=0)
+    assert result.objective_history[-1] >= result.initial_objective
