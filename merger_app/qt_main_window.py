@@ -139,6 +139,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
 
     def _on_method_changed(self, spec) -> None:
         self.models.set_per_model_params(tuple(p for p in spec.params if p.per_model))
+        needs = spec.needs
+        self.models.model.set_method_roles(needs.base, needs.min_models == needs.max_models == 2)
         self._update_actions()
 
     # -- recipes -------------------------------------------------------------------------------

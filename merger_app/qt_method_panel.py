@@ -57,7 +57,7 @@ def needs_text(spec: MethodSpec) -> str:
     elif n.uses_data:
         parts.append("data (optional, used for BatchNorm statistics)")
     if n.arch:
-        parts.append("the architecture")
+        parts.append("the architecture (detected from the checkpoint, or named below)")
     return "Needs: " + ", ".join(parts) + "."
 
 

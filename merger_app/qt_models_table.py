@@ -33,6 +33,8 @@ class QtModelsTable(QAbstractTableModel):
         super().__init__(parent)
         self._rows: list[ModelRow] = []
         self._params: tuple[Param, ...] = ()
+        self._uses_base = True  # the current method measures task vectors from a base
+        self._pair = False  # the current method takes exactly two models, A and B
 
     # -- state ---------------------------------------------------------------------
     def rows(self) -> list[ModelRow]:
@@ -80,6 +82,24 @@ class QtModelsTable(QAbstractTableModel):
         self.endResetModel()
         self.changed.emit()
 
+    def set_method_roles(self, uses_base: bool, pair: bool) -> None:
+        """How the Role column reads for the current method: base/input, A/B, or input."""
+        if (uses_base, pair) != (self._uses_base, self._pair):
+            self._uses_base, self._pair = uses_base, pair
+            self._emit_all()
+
+    def shown_role(self, i: int) -> str:
+        """The role as the current method uses row i."""
+        if self._uses_base:
+            return self._rows[i].role
+        if self._pair and i < 2:
+            return "AB"[i]
+        return "input"
+
+    def _ignored(self, i: int) -> bool:
+        """Per-model values of the base are not used by task-vector methods."""
+        return self._uses_base and self._rows[i].role == "base"
+
     def per_model_params(self) -> tuple[Param, ...]:
         return self._params
 
@@ -119,9 +139,13 @@ class QtModelsTable(QAbstractTableModel):
     def flags(self, index: AnyIndex) -> Qt.ItemFlag:
         base = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
         if index.column() == ROLE:
-            return base | Qt.ItemFlag.ItemIsEditable
+            return base | Qt.ItemFlag.ItemIsEditable if self._uses_base else base
         param = self.column_param(index.column())
-        if param is not None and not self._varies(index.row(), param.name):
+        if (
+            param is not None
+            and not self._varies(index.row(), param.name)
+            and not self._ignored(index.row())
+        ):
             return base | Qt.ItemFlag.ItemIsEditable
         return base
 
@@ -139,10 +163,18 @@ class QtModelsTable(QAbstractTableModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             if col == NAME:
                 return f"{row.path}\n⚠ {row.problem}" if row.problem else row.path
+            if col == ROLE and not self._uses_base:
+                return (
+                    "Model A is the reference; B is aligned to it. Reorder with Up/Down."
+                    if self._pair
+                    else "This method combines every model listed."
+                )
             if col == ROLE:
                 return (
                     "The base model is what task vectors are measured from. Double-click to change."
                 )
+            if self.column_param(col) is not None and self._ignored(index.row()):
+                return "Not used: the base is what the others' task vectors are measured from."
             param = self.column_param(col)
             if param is not None and self._varies(index.row(), param.name):
                 return (
@@ -151,7 +183,12 @@ class QtModelsTable(QAbstractTableModel):
                 )
         if role == Qt.ItemDataRole.DecorationRole and col == NAME and row.problem:
             return QApplication.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning)
-        if role == Qt.ItemDataRole.FontRole and row.role == "base" and col in (NAME, ROLE):
+        if (
+            role == Qt.ItemDataRole.FontRole
+            and self._uses_base
+            and row.role == "base"
+            and col in (NAME, ROLE)
+        ):
             font = QFont()
             font.setBold(True)
             return font
@@ -163,8 +200,10 @@ class QtModelsTable(QAbstractTableModel):
         if col == NAME:
             return row.name
         if col == ROLE:
-            return row.role
+            return row.role if edit else self.shown_role(self._rows.index(row))
         param = self.column_param(col)
+        if param is not None and not edit and self._ignored(self._rows.index(row)):
+            return "—"
         if param is not None:
             value = row.values.get(param.name, param.default)
             return value if edit else format_value(value)

@@ -25,7 +25,8 @@ def test_rows_show_what_the_headers_say(window, tiny):
     assert headers(table) == ["Name", "Role", "Weight", "Format", "Parameters", "Dtype", "Size"]
     row = [table.index(0, c).data() for c in range(table.columnCount())]
     # 32·64+32 + 32·32+32 + 10·32+10 = 3466 float32 parameters, 13 864 bytes
-    assert row == ["base.safetensors", "base", "1", "safetensors", "3.47K", "float32", "13.9 KB"]
+    # linear averages every listed model, so the Role column says so
+    assert row == ["base.safetensors", "input", "1", "safetensors", "3.47K", "float32", "13.9 KB"]
 
 
 def test_adding_the_same_file_twice_keeps_one_row(window, tiny):
@@ -230,3 +231,15 @@ def test_cells_holding_a_gradient_are_not_flattened_by_the_editor(window, tiny, 
     assert "varies by layer" in index.data(Qt.ItemDataRole.ToolTipRole)
     entry = next(m for m in window.current_recipe().models if m.model == str(tiny.models["a"]))
     assert entry.parameters["density"] == [0.2, 0.5]
+
+
+def test_role_column_reads_as_the_method_uses_the_models(window, tiny):
+    assert not window.add_models([tiny.base, tiny.models["a"]])
+    table = window.models.model
+    window.method.set_method("ties")
+    assert [table.index(r, 1).data() for r in range(2)] == ["base", "input"]
+    weight = table.index(0, 2)  # the base's weight: not used by task-vector methods
+    assert weight.data() == "—" and not table.flags(weight) & Qt.ItemFlag.ItemIsEditable
+    window.method.set_method("weight_matching")
+    assert [table.index(r, 1).data() for r in range(2)] == ["A", "B"]
+    assert not table.flags(table.index(0, 1)) & Qt.ItemFlag.ItemIsEditable
