@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -72,27 +73,36 @@ def compare(
         reasons: list[str] = report.problems.setdefault(path, [])
         if path == ref_path:
             continue
+        ref_name = Path(ref_path).name
         missing = [n for n in ref if n not in infos]
         extra = [n for n in infos if n not in ref]
         if missing:
             reasons.append(
-                f"lacks {len(missing)} tensor(s) the reference {ref_path} has: {_listing(missing)}"
+                f"lacks {len(missing)} tensor(s) that {ref_name} has: {_listing(missing)}"
             )
         if extra:
-            text = f"has {len(extra)} tensor(s) the reference lacks: {_listing(extra)}"
+            text = f"has {len(extra)} tensor(s) that {ref_name} lacks: {_listing(extra)}"
             if extra_keys == "error":
                 reasons.append(text)
             else:
                 report.notes.append(f"{path}: {text}; they are left out of the result")
-        for name, info in ref.items():
-            other = infos.get(name)
-            if other is None:
-                continue
-            if other.shape != info.shape:
-                reasons.append(
-                    f"tensor '{name}' has shape {list(other.shape)}, the reference "
-                    f"has {list(info.shape)}"
-                )
-            elif _kind(other.dtype) != _kind(info.dtype):
-                reasons.append(f"tensor '{name}' is {other.dtype}, the reference is {info.dtype}")
+        shapes = [n for n, i in ref.items() if n in infos and infos[n].shape != i.shape]
+        if shapes:
+            first = shapes[0]
+            reasons.append(
+                f"a different architecture: {len(shapes)} tensor(s) differ in shape from "
+                f"{ref_name}, e.g. '{first}' is {list(infos[first].shape)} here and "
+                f"{list(ref[first].shape)} there"
+            )
+        kinds = [
+            n
+            for n, i in ref.items()
+            if n in infos and infos[n].shape == i.shape and _kind(infos[n].dtype) != _kind(i.dtype)
+        ]
+        if kinds:
+            first = kinds[0]
+            reasons.append(
+                f"{len(kinds)} tensor(s) hold another kind of number than in {ref_name}, "
+                f"e.g. '{first}' is {infos[first].dtype} here and {ref[first].dtype} there"
+            )
     return report

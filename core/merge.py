@@ -256,8 +256,9 @@ def run_merge(
         if not report.ok:
             path, reason = report.first_problem()  # type: ignore[misc]
             raise IncompatibleModelsError(
-                reason, file=path, hint="these models do not share one architecture"
+                reason, file=path, hint="`merger info` lists each model's tensors"
             )
+        report.notes.extend(unused_filters(recipe, session.reference.keys()))
         compute_dtype = TORCH_DTYPES[recipe.dtype] if recipe.dtype else torch.float32
         # refuse up front, with the numbers, what cannot fit (streaming is already minimal)
         check_merge_memory(
@@ -276,6 +277,24 @@ def run_merge(
     finally:
         session.close()
     return MergeResult(Path(out), files, time.monotonic() - start, notes)
+
+
+def unused_filters(recipe: Recipe, names: Sequence[str]) -> list[str]:
+    """Notes for name filters that match no tensor: a typo there silently does nothing."""
+    notes = []
+    sources = [("parameters", recipe.parameters)] + [(m.model, m.parameters) for m in recipe.models]
+    for where, params in sources:
+        for key, value in params.items():
+            if not isinstance(value, list):
+                continue
+            for entry in value:
+                flt = entry.get("filter") if isinstance(entry, Mapping) else None
+                if flt is not None and str(flt) != "*" and not any(str(flt) in n for n in names):
+                    notes.append(
+                        f"{where}: filter '{flt}' of '{key}' matches no tensor; "
+                        "its value is never used"
+                    )
+    return notes
 
 
 def _ref_index(session: _Session) -> int:

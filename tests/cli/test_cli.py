@@ -212,3 +212,14 @@ def test_data_that_does_not_fit_the_model_is_a_user_error(demo, tmp_path, capsys
         err = capsys.readouterr().err
         assert "shaped [32]" in err and "takes [64]" in err, err
     assert not (tmp_path / "am.safetensors").exists()
+
+
+def test_a_filter_that_matches_nothing_is_reported(demo, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"merge_method: task_arithmetic\nbase_model: {demo.base}\n"
+        f"models: [{demo.models['0-4']}]\n"
+        "parameters: {lambda: [{filter: self_attn, value: 0.3}, {value: 1.0}]}\n"
+    )
+    assert main(["run", str(recipe), "-o", str(tmp_path / "o.safetensors"), "--quiet"]) == 0
+    assert "filter 'self_attn' of 'lambda' matches no tensor" in capsys.readouterr().out
