@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from core.errors import RecipeError
@@ -159,6 +160,8 @@ def merge_blockers(spec: MethodSpec, rows: Sequence[ModelRow], *, data: str | No
         )
     if needs.data and not data:
         out.append(f"{spec.label} needs evaluation data: choose 'digits' or a .npz file.")
+    if (needs.data or needs.uses_data) and data and data != "digits" and not Path(data).is_file():
+        out.append(f"The data file {data} does not exist: choose 'digits' or a .npz file.")
     out.extend(f"{r.name} cannot be merged: {r.problem}" for r in rows if r.problem)
     return out
 

@@ -126,6 +126,7 @@ class QtMethodPanel(QWidget):
         self.combo.currentIndexChanged.connect(self._on_method)
         self.form.changed.connect(self.changed)
         self.per_tensor.changed.connect(self.changed)
+        self.per_tensor.changed.connect(self._mark_overrides)
         self.reset_button.clicked.connect(self.reset)
         for w in (self.data_combo, self.arch_combo, self.out_dtype):
             w.currentTextChanged.connect(self.changed)
@@ -220,6 +221,7 @@ class QtMethodPanel(QWidget):
                 problems.append(f"parameter '{p.name}': {exc}")
         self.form.set_values(scalars)
         self.per_tensor.set_values(per)
+        self._mark_overrides()
         self.seed.setValue(recipe.seed)
         self.out_dtype.setCurrentText(recipe.out_dtype or SAME_DTYPE)
         if recipe.data:
@@ -247,6 +249,25 @@ class QtMethodPanel(QWidget):
                 self.form.set_values({name: value})
         self.per_tensor.set_values(per)
 
+    def _mark_overrides(self) -> None:
+        """A gradient replaces the form's value; filters use it only where none matches."""
+        try:
+            per = self.per_tensor.values()
+        except MergerError:
+            return  # the editor shows its own error; keep the form as it is
+        for p in self.spec().params:
+            if p.per_model:
+                continue
+            editor = self.form.editor(p.name)
+            over = per.get(p.name)
+            editor.setEnabled(not (over and over.gradient))
+            if over and over.gradient:
+                editor.setToolTip(f"{p.help}\n\nOverridden by the per-layer gradient below.")
+            elif over and over.filters:
+                editor.setToolTip(f"{p.help}\n\nUsed for tensors that no filter below matches.")
+            else:
+                editor.setToolTip(p.help)
+
     def _on_method(self, *_: object) -> None:
         spec = self.spec()
         link = f' <a href="{spec.reference_url}">Reference</a>' if spec.reference_url else ""
@@ -256,6 +277,7 @@ class QtMethodPanel(QWidget):
         self.form.set_params(tuple(p for p in spec.params if not p.per_model))
         self.per_tensor.set_params(spec.params)
         self._restore(kept, kept_per)
+        self._mark_overrides()
         for label, row, shown in (
             (self._data_label, self._data_row, spec.needs.data or spec.needs.uses_data),
             (self._arch_label, self._arch_row, spec.needs.arch),

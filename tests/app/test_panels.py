@@ -243,3 +243,20 @@ def test_role_column_reads_as_the_method_uses_the_models(window, tiny):
     window.method.set_method("weight_matching")
     assert [table.index(r, 1).data() for r in range(2)] == ["A", "B"]
     assert not table.flags(table.index(0, 1)) & Qt.ItemFlag.ItemIsEditable
+
+
+def test_a_gradient_disables_the_value_it_replaces(window):
+    window.method.set_method("task_arithmetic")
+    editor = window.method.form.editor("lambda")
+    assert editor.isEnabled()
+    window.method.per_tensor.select_param("lambda")
+    window.method.per_tensor.gradient.setText("0, 0.5, 1")
+    assert not editor.isEnabled() and "gradient" in editor.toolTip()
+    window.method.per_tensor.gradient.setText("")
+    assert editor.isEnabled()
+
+
+def test_missing_data_file_blocks_merge(window, tiny):
+    load_for_method(window, tiny, "activation_matching")
+    window.method.data_combo.setCurrentText("/nonexistent/data.npz")
+    assert any("does not exist" in b for b in window.blockers())
