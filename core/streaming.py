@@ -309,8 +309,11 @@ def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
-def _put(q: queue.Queue, value, stop: threading.Event) -> None:
+def _put(q: queue.Queue, value, stop: threading.Event, check=None) -> None:
+    """Put, waking every POLL_SECONDS to honour `stop` (and `check`, which may raise)."""
     while True:
+        if check is not None:
+            check()
         if stop.is_set():
             raise _Stopped
         try:
@@ -320,8 +323,11 @@ def _put(q: queue.Queue, value, stop: threading.Event) -> None:
             continue
 
 
-def _get(q: queue.Queue, stop: threading.Event):
+def _get(q: queue.Queue, stop: threading.Event, check=None):
+    """Get, waking every POLL_SECONDS to honour `stop` (and `check`, which may raise)."""
     while True:
+        if check is not None:
+            check()
         if stop.is_set():
             raise _Stopped
         try:
@@ -336,27 +342,19 @@ def _raise_stage_errors(stages) -> None:
             raise stage.error
 
 
-def _wait(q: queue.Queue, stop, progress: Progress, stages):
-    """Get from `q` on the caller's thread, honouring cancel and stage failures."""
-    while True:
+def _caller_checks(progress: Progress, stages):
+    """What the caller's thread checks while waiting: cancel, and the other stages' errors."""
+
+    def check() -> None:
         progress.check()
         _raise_stage_errors(stages)
-        if stop.is_set():
-            raise _Stopped
-        try:
-            return q.get(timeout=POLL_SECONDS)
-        except queue.Empty:
-            continue
+
+    return check
+
+
+def _wait(q: queue.Queue, stop, progress: Progress, stages):
+    return _get(q, stop, _caller_checks(progress, stages))
 
 
 def _wait_put(q: queue.Queue, value, stop, progress: Progress, stages) -> None:
-    while True:
-        progress.check()
-        _raise_stage_errors(stages)
-        if stop.is_set():
-            raise _Stopped
-        try:
-            q.put(value, timeout=POLL_SECONDS)
-            return
-        except queue.Full:
-            continue
+    _put(q, value, stop, _caller_checks(progress, stages))
