@@ -141,6 +141,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.models.set_per_model_params(tuple(p for p in spec.params if p.per_model))
         needs = spec.needs
         self.models.model.set_method_roles(needs.base, needs.min_models == needs.max_models == 2)
+        self.models.refresh_summary()
         self._update_actions()
 
     # -- recipes -------------------------------------------------------------------------------

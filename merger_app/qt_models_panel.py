@@ -193,6 +193,11 @@ class QtModelsPanel(QWidget):
         self.model.set_per_model_params(params)
         self._fit_columns()
 
+    def refresh_summary(self) -> None:
+        """Re-say the summary line (the method, and so what roles mean, may have changed)."""
+        if not self.summary.text().startswith("⚠"):
+            self._show_summary(None)
+
     def refresh_compat(self) -> None:
         """Mark rows that cannot be merged, from headers (`core.merge.check_models`)."""
         from core.merge import check_models
@@ -220,8 +225,7 @@ class QtModelsPanel(QWidget):
         elif rows:
             total = sum(r.total_bytes or 0 for r in rows)
             self.summary.setText(
-                f"{len(rows)} model(s), {human_bytes(total)} on disk. "
-                "Double-click a role or value to change it."
+                f"{len(rows)} model(s), {human_bytes(total)} on disk. {self.model.role_hint()}"
             )
         else:
             self.summary.setText("Drop checkpoint files or folders here, or click Add.")

@@ -96,6 +96,14 @@ class QtModelsTable(QAbstractTableModel):
             return "AB"[i]
         return "input"
 
+    def role_hint(self) -> str:
+        """One sentence on how to change what the current method does with the rows."""
+        if self._uses_base:
+            return "Double-click a role or value to change it."
+        if self._pair:
+            return "A is the reference and B is aligned to it; swap them with Up/Down."
+        return "Every model listed is combined; double-click a value to change it."
+
     def _ignored(self, i: int) -> bool:
         """Per-model values of the base are not used by task-vector methods."""
         return self._uses_base and self._rows[i].role == "base"

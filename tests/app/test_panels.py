@@ -242,6 +242,7 @@ def test_role_column_reads_as_the_method_uses_the_models(window, tiny):
     assert weight.data() == "—" and not table.flags(weight) & Qt.ItemFlag.ItemIsEditable
     window.method.set_method("weight_matching")
     assert [table.index(r, 1).data() for r in range(2)] == ["A", "B"]
+    assert "B is aligned to it" in window.models.summary.text()
     assert not table.flags(table.index(0, 1)) & Qt.ItemFlag.ItemIsEditable
 
 
