@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,19 +19,25 @@ from typing import Any
 import torch
 
 from core.checkpoints import Checkpoint, CheckpointWriter, TensorInfo, open_checkpoint
-from core.compat import CompatReport, ExtraKeys, compare
+from core.compat import ExtraKeys, compare
 from core.devices import resolve_device
 from core.errors import CheckpointError, IncompatibleModelsError, RecipeError
 from core.export import export_checkpoint
 from core.jobs import Progress
-from core.methods import REGISTRY
 from core.methods.context import TensorContext
-from core.methods.params import LayerIndex, check_value, resolve_params, unknown_keys
+from core.methods.params import LayerIndex, resolve_params
 from core.methods.registry import MethodSpec
 from core.provenance import extra_files, hash_sources, metadata
-from core.recipe import TORCH_DTYPES, ModelEntry, Recipe
+from core.recipe import TORCH_DTYPES, Recipe
 from core.resources import check_merge_memory, run_on_device
 from core.streaming import OutputTensor, run_streaming
+from core.validate import (
+    check_models,
+    input_entries,
+    same_file_key,
+    unused_filters,
+    validate_recipe,
+)
 
 
 @dataclass
@@ -80,98 +84,6 @@ class ModelContext:
         return state
 
 
-# -- validation -----------------------------------------------------------------------
-def input_entries(recipe: Recipe, spec: MethodSpec) -> list[ModelEntry]:
-    """The models a method combines: all of `models`, less the base where it is not an input."""
-    if recipe.base_model and not spec.needs.base_is_input:
-        base = _same_file_key(recipe.base_model)
-        return [m for m in recipe.models if _same_file_key(m.model) != base]
-    return list(recipe.models)
-
-
-def validate_recipe(recipe: Recipe) -> MethodSpec:
-    """Check method, roles and parameter values without touching any tensor."""
-    spec = REGISTRY.get(recipe.merge_method)
-    needs = spec.needs
-    if needs.base and not recipe.base_model:
-        raise RecipeError(
-            f"method '{spec.name}' needs a base model",
-            hint="set base_model (the model the others were fine-tuned from)",
-        )
-    inputs = input_entries(recipe, spec)
-    if len(inputs) < needs.min_models:
-        raise RecipeError(
-            f"method '{spec.name}' needs at least {needs.min_models} input model(s) "
-            f"besides the base, got {len(inputs)}"
-        )
-    if needs.max_models is not None and len(inputs) > needs.max_models:
-        raise RecipeError(
-            f"method '{spec.name}' takes at most {needs.max_models} input model(s) "
-            f"besides the base, got {len(inputs)}"
-        )
-    if needs.data and not recipe.data:
-        raise RecipeError(
-            f"method '{spec.name}' needs data",
-            hint="set data: digits, or a path to an .npz with arrays x and y",
-        )
-    bad = unknown_keys(spec, recipe.parameters)
-    if bad:
-        raise RecipeError(
-            f"method '{spec.name}' has no parameter(s) {', '.join(bad)}",
-            hint=f"it takes {', '.join(p.name for p in spec.params) or 'none'}",
-        )
-    for key, value in recipe.parameters.items():
-        check_value(spec.param(key), value, where="parameters")
-    for entry in recipe.models:
-        bad = unknown_keys(spec, entry.parameters)
-        if bad:
-            raise RecipeError(
-                f"{entry.model}: method '{spec.name}' has no parameter(s) {', '.join(bad)}"
-            )
-        for key, value in entry.parameters.items():
-            p = spec.param(key)
-            if not p.per_model:
-                raise RecipeError(
-                    f"{entry.model}: parameter '{key}' applies to the whole merge",
-                    hint="move it to the top-level parameters",
-                )
-            check_value(p, value, where=entry.model)
-    return spec
-
-
-def _same_file_key(path: str) -> str:
-    """One key per file, whatever the spelling (relative, symlinked; loops do not raise)."""
-    return os.path.realpath(os.path.expanduser(path))
-
-
-# -- compatibility --------------------------------------------------------------------
-def check_models(
-    paths: Sequence[str], base: str | None = None, *, extra_keys: ExtraKeys = "ignore"
-) -> CompatReport:
-    """Open each model's headers and compare them with the reference (base or first)."""
-    opened: dict[str, Mapping[str, TensorInfo]] = {}
-    failures: dict[str, str] = {}
-    order = ([base] if base else []) + [p for p in paths if p != base]
-    for path in order:
-        try:
-            with open_checkpoint(path) as ckpt:
-                opened[path] = {i.name: i for i in ckpt.infos()}
-        except CheckpointError as exc:
-            failures[path] = exc.message
-    usable = [p for p in order if p in opened]
-    if not usable:
-        report = CompatReport(reference=order[0] if order else "")
-    else:
-        report = compare(
-            (usable[0], opened[usable[0]]),
-            [(p, opened[p]) for p in usable[1:]],
-            extra_keys=extra_keys,
-        )
-    for path, message in failures.items():
-        report.problems.setdefault(path, []).append(message)
-    return report
-
-
 # -- running ----------------------------------------------------------------------------
 class _Session:
     """Opened checkpoints for one merge, closed together."""
@@ -190,7 +102,7 @@ class _Session:
             raise
 
     def _open(self, path: str) -> int:
-        key = _same_file_key(path)
+        key = same_file_key(path)
         if key not in self._index:
             self._index[key] = len(self.checkpoints)
             self.checkpoints.append(open_checkpoint(path))
@@ -277,24 +189,6 @@ def run_merge(
     finally:
         session.close()
     return MergeResult(Path(out), files, time.monotonic() - start, notes)
-
-
-def unused_filters(recipe: Recipe, names: Sequence[str]) -> list[str]:
-    """Notes for name filters that match no tensor: a typo there silently does nothing."""
-    notes = []
-    sources = [("parameters", recipe.parameters)] + [(m.model, m.parameters) for m in recipe.models]
-    for where, params in sources:
-        for key, value in params.items():
-            if not isinstance(value, list):
-                continue
-            for entry in value:
-                flt = entry.get("filter") if isinstance(entry, Mapping) else None
-                if flt is not None and str(flt) != "*" and not any(str(flt) in n for n in names):
-                    notes.append(
-                        f"{where}: filter '{flt}' of '{key}' matches no tensor; "
-                        "its value is never used"
-                    )
-    return notes
 
 
 def _ref_index(session: _Session) -> int:
