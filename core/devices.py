@@ -35,11 +35,6 @@ def memory_in_use() -> int:
     return psutil.Process(os.getpid()).memory_info().rss
 
 
-def memory_available() -> int:
-    """Memory the system could give us now, in bytes."""
-    return psutil.virtual_memory().available
-
-
 def set_threads(n: int | None) -> None:
     """Limit torch's intra-op threads (0 or None leaves torch's default)."""
     if n:

@@ -92,28 +92,3 @@ class Progress:
         """Raise `Cancelled` if cancel was requested."""
         if self._cancel.is_set():
             raise Cancelled("cancelled by the user")
-
-    def sub(self, start: float, stop: float, total: float) -> SubProgress:
-        """A view that maps a sub-task's 0..total onto start..stop of this progress."""
-        return SubProgress(self, start, stop, total)
-
-
-class SubProgress:
-    """Maps a sub-task's own progress onto a slice of a parent `Progress`."""
-
-    def __init__(self, parent: Progress, start: float, stop: float, total: float) -> None:
-        self._parent, self._start, self._stop, self._total = parent, start, stop, total
-
-    def update(self, done: float, total: float, message: str = "") -> None:
-        frac = 0.0 if total <= 0 else done / total
-        self._parent.update(self._start + frac * (self._stop - self._start), self._total, message)
-
-    def log(self, message: str) -> None:
-        self._parent.log(message)
-
-    def check(self) -> None:
-        self._parent.check()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._parent.cancelled

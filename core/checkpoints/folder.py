@@ -7,7 +7,6 @@ weights is kept on the checkpoint so the output folder can carry it along.
 
 from __future__ import annotations
 
-import json
 import stat
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from core.checkpoints.safetensors_reader import (
     open_file_error,
     open_safetensors,
     open_sharded_safetensors,
+    read_json,
 )
 from core.errors import CheckpointError
 
@@ -137,14 +137,7 @@ def _config_for_file(p: Path) -> dict | None:
 def _read_config(p: Path) -> dict | None:
     if not p.is_file():
         return None
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise open_file_error(p, exc) from None
-    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, absurd nesting or ints
-        raise CheckpointError(
-            f"config.json is not valid JSON ({str(exc)[:120]})", file=p, hint="fix or remove it"
-        ) from None
+    doc = read_json(p, "config.json", "fix or remove it")
     if not isinstance(doc, dict):
         raise CheckpointError("config.json is not a JSON object", file=p, hint="fix or remove it")
     return doc

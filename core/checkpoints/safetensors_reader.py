@@ -56,16 +56,21 @@ def open_safetensors(path: Path, *, shown_path: Path | None = None, config=None)
     )
 
 
-def read_index(path: Path) -> dict[str, str]:
-    """The `weight_map` (tensor name -> shard file name) of a sharded-model index."""
+def read_json(path: Path, what: str, hint: str) -> object:
+    """A JSON file beside the weights (index, config); every way it can be bad is one error."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise open_file_error(path, exc) from None
     except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, absurd nesting or ints
         raise CheckpointError(
-            f"the index is not valid JSON ({str(exc)[:120]})", file=path, hint="re-download it"
+            f"{what} is not valid JSON ({str(exc)[:120]})", file=path, hint=hint
         ) from None
+
+
+def read_index(path: Path) -> dict[str, str]:
+    """The `weight_map` (tensor name -> shard file name) of a sharded-model index."""
+    doc = read_json(path, "the index", "re-download it")
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(

@@ -16,7 +16,7 @@ Two kinds of method exist:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -208,6 +208,3 @@ class Registry:
 
     def names(self) -> list[str]:
         return list(self._specs)
-
-    def as_mapping(self) -> Mapping[str, MethodSpec]:
-        return dict(self._specs)

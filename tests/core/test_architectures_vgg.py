@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from module_states import randomized_state
 from torch import nn
 
 from core.architectures import resolve_architecture
@@ -37,22 +38,12 @@ class _RefVGG(nn.Module):
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
 
 
-def _state(net: nn.Module) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    for name, value in net.state_dict().items():
-        if name.endswith("running_var") or (value.dim() == 1 and name.endswith("weight")):
-            value.copy_(torch.rand(value.shape, generator=gen) + 0.5)
-        elif name.endswith("running_mean"):
-            value.copy_(torch.randn(value.shape, generator=gen))
-    return dict(net.eval().state_dict())
-
-
 @pytest.mark.parametrize("bn", [False, True])
 @pytest.mark.parametrize("side", [1, 2])
 def test_vgg_is_detected_faithful_and_invariant(bn, side):
     torch.manual_seed(0)
     ref = _RefVGG([8, "M", 16, 16, "M", 12, "M"], bn, side)
-    state = _state(ref)
+    state = randomized_state(ref)
     arch = resolve_architecture(None, state)
     assert arch.name == "vgg"
     assert arch.input_shape == (3, 8 * side, 8 * side)
@@ -70,7 +61,7 @@ def test_vgg_is_detected_faithful_and_invariant(bn, side):
 def test_flatten_without_blocks_is_refused():
     """The blocked axis matters: without it 12 channels cannot own 48 inputs."""
     torch.manual_seed(0)
-    state = _state(_RefVGG([8, "M", 12, "M"], False, 2))
+    state = randomized_state(_RefVGG([8, "M", 12, "M"], False, 2))
     arch = resolve_architecture("vgg", state)
     spec = arch.spec
     spec.blocks.clear()
@@ -80,7 +71,7 @@ def test_flatten_without_blocks_is_refused():
 
 def test_a_conv_followed_by_unknown_layers_is_not_a_vgg():
     torch.manual_seed(0)
-    state = _state(_RefVGG([8, "M", 12, "M"], False, 1))
+    state = randomized_state(_RefVGG([8, "M", 12, "M"], False, 1))
     state = {k.replace("features.3.", "features.6."): v for k, v in state.items()}
     with pytest.raises(MergerError, match="followed by 5 layers"):
         resolve_architecture("vgg", state)

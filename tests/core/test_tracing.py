@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from module_states import randomized_state
 from torch import nn
 
 from core.alignment.tracing import trace_spec
@@ -12,18 +13,8 @@ from core.architectures import resolve_architecture
 from core.errors import MergerError
 
 
-def _randomized(net: nn.Module) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    for name, value in net.state_dict().items():
-        if name.endswith("running_var") or (value.dim() == 1 and name.endswith("weight")):
-            value.copy_(torch.rand(value.shape, generator=gen) + 0.5)
-        elif name.endswith("running_mean"):
-            value.copy_(torch.randn(value.shape, generator=gen))
-    return dict(net.eval().state_dict())
-
-
 def _traced_self_test(net: nn.Module, x: torch.Tensor):
-    state = _randomized(net)
+    state = randomized_state(net)
     spec = trace_spec(net, x).infer_sizes(state)
     return spec, spec.self_test(net, state, x)
 
