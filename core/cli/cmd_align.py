@@ -39,7 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", choices=("correlation", "euclidean"), default="correlation")
     p.add_argument("--max-iter", type=_positive, default=100, help="most weight-matching sweeps")
     p.add_argument("--seed", type=int, default=0, help="seed of the sweep order")
-    p.add_argument("--solver", choices=("auto", "scipy", "auction"), default="auto")
+    p.add_argument(
+        "--solver",
+        choices=("auto", "scipy", "auction"),
+        default="auto",
+        help="linear-assignment solver: auction (compiled, exact; the default where numba "
+        "is installed) or scipy (the reference)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--overwrite", action="store_true", help="replace B_ALIGNED if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

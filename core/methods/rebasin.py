@@ -25,8 +25,8 @@ _SOLVER = Param(
     "solver",
     "choice",
     "auto",
-    "Linear-assignment solver: scipy on the CPU, the "
-    "auction solver (GPU), or auto (by device and size).",
+    "Linear-assignment solver: 'auction' (compiled, exact, warm-started; on the GPU "
+    "with device cuda), 'scipy' (the reference), or auto (by device and size).",
     choices=("auto", "scipy", "auction"),
     per_tensor=False,
 )

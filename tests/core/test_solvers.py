@@ -97,11 +97,12 @@ def test_warm_start_gives_the_same_optimum_and_valid_prices():
 
 
 def test_solver_choice():
-    assert "scipy" in available_solvers() and "auction" in available_solvers()
-    assert pick_solver(10, "cpu") == "scipy"
-    assert pick_solver(100_000, "cpu") == "scipy"
+    assert {"scipy", "auction", "auction-torch"} <= set(available_solvers())
+    assert pick_solver(10, "cpu") == "scipy"  # tiny: scipy takes microseconds
+    assert pick_solver(100_000, "cpu") == "auction"
+    assert pick_solver(100_000, "cpu", square=False) == "scipy"
     if not torch.cuda.is_available():
-        assert pick_solver(100_000, "auto") == "scipy"
+        assert pick_solver(100_000, "auto") == "auction"
         with pytest.raises(MergerError, match="CUDA"):
             pick_solver(10, "cuda")
 
@@ -124,10 +125,11 @@ def test_auction_is_exact_on_integer_scores_without_repair(seed, n):
     assert total(score, perm) == scipy_best(score)
 
 
+@pytest.mark.parametrize("solver", ["auction", "auction-torch"])
 @pytest.mark.parametrize(
     "kind", ["gaussian", "low_rank_similarity", "planted", "ties", "negative", "huge_range"]
 )
-def test_auction_matches_scipy_on_structured_float_scores(kind):
+def test_auction_matches_scipy_on_structured_float_scores(kind, solver):
     rng = np.random.default_rng(5)
     n = 90
     if kind == "gaussian":
@@ -144,25 +146,28 @@ def test_auction_matches_scipy_on_structured_float_scores(kind):
         score = -np.abs(rng.normal(size=(n, n))) - 1e6
     else:
         score = rng.normal(size=(n, n)) * np.logspace(-6, 6, n)[None, :]
-    perm = solve_assignment(score, solver="auction")
+    perm = solve_assignment(score, solver=solver)
     assert_is_permutation(perm, n)
     assert total(score, perm) == pytest.approx(scipy_best(score), rel=1e-12, abs=1e-9)
-    minimized = solve_assignment(score, solver="auction", maximize=False)
+    minimized = solve_assignment(score, solver=solver, maximize=False)
     assert total(score, minimized) == pytest.approx(-scipy_best(-score), rel=1e-12, abs=1e-9)
 
 
-def test_auction_small_sizes_warm_start_and_errors():
-    assert solve_assignment(np.array([[2.5]]), solver="auction").tolist() == [0]
-    assert solve_assignment(np.array([[0.0, 1.0], [1.0, 0.0]]), solver="auction").tolist() == [1, 0]
+@pytest.mark.parametrize("solver", ["auction", "auction-torch"])
+def test_auction_small_sizes_warm_start_and_errors(solver):
+    assert solve_assignment(np.array([[2.5]]), solver=solver).tolist() == [0]
+    assert solve_assignment(np.array([[0.0, 1.0], [1.0, 0.0]]), solver=solver).tolist() == [1, 0]
     rng = np.random.default_rng(3)
     score = rng.normal(size=(60, 60))
-    perm, prices = solve_assignment_warm(score, solver="auction")
-    again = solve_assignment(
-        score + 0.01 * rng.normal(size=(60, 60)), solver="auction", warm_start=prices
-    )
+    perm, prices = solve_assignment_warm(score, solver=solver)
+    perturbed = score + 0.01 * rng.normal(size=(60, 60))
+    again, _ = solve_assignment_warm(perturbed, solver=solver, prices=prices, previous=perm)
     assert_is_permutation(again, 60)
     assert total(score, perm) == pytest.approx(scipy_best(score))
+    assert total(perturbed, again) == pytest.approx(scipy_best(perturbed))
     with pytest.raises(MergerError, match="square"):
-        solve_assignment(np.zeros((2, 3)), solver="auction")
+        solve_assignment(np.zeros((2, 3)), solver=solver)
     with pytest.raises(MergerError, match="NaN"):
-        solve_assignment(np.array([[np.inf, 1.0], [0.0, 1.0]]), solver="auction")
+        solve_assignment(np.array([[np.inf, 1.0], [0.0, 1.0]]), solver=solver)
+    with pytest.raises(MergerError, match="NaN"):
+        solve_assignment(np.array([[np.nan, 1.0], [0.0, 1.0]]), solver=solver)

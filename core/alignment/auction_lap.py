@@ -1,0 +1,368 @@
+"""Exact linear assignment on the CPU: a compiled auction with a shortest-path finish.
+
+Weight matching solves one dense n×n assignment per permutation group per sweep, tens of
+sweeps. scipy's Jonker-Volgenant takes 50-350 ms at n = 2048 on these costs (inner
+products of random weights are hard instances) and cannot be warm-started. This solver,
+compiled with numba, is 3-7× faster cold and faster still warm, and returns the same
+optimum (tested against scipy):
+
+1. **Auction with ε-scaling** (Bertsekas) on the score, Gauss-Seidel (one bidder at a time).
+   Each row keeps a list of its K best columns and the value `tau` of the (K+1)-th at the
+   time of its last full scan. Prices only rise, so no column outside the list can ever be
+   worth more than `tau`: a bid reads K entries instead of n and rescans the row only when
+   its best listed value falls below `tau`. The bid increment uses max(second listed, tau),
+   an upper bound of the true second best, which keeps ε-complementary slackness.
+2. **Exact finish.** The auction's prices give row profits π_i = max_j(s_ij − p_j), dual
+   feasible for the whole matrix. A row whose assigned column is not its maximum has a slack;
+   the total slack G bounds how far the auction's assignment is from optimal, so any better
+   assignment only uses entries whose reduced cost is ≤ G. Those few entries (1-2 per row)
+   go to a sparse shortest-augmenting-path solver (Dijkstra with a heap) that re-assigns the
+   slack rows exactly. No tolerance is involved: the result is the optimum of the float64
+   scores, as scipy's is.
+
+Warm start: pass the previous solve's prices and permutation; the auction then starts
+from a small ε, and a slightly changed matrix needs a few bids per row.
+
+All kernels release the GIL (`nogil`), so a Qt window stays responsive while they run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Candidate columns kept per row. 8 was fastest on weight-matching costs at n = 512-4096.
+LIST_SIZE = 8
+# ε-scaling: start at span/4 cold, at span·1e-5 warm, divide by 8 per phase down to span·1e-7.
+_EPS_COLD = 0.25
+_EPS_WARM = 1e-5
+_EPS_FINAL = 1e-7
+_THETA = 8.0
+# Bids allowed per row and phase before giving up (pathological ties); the caller falls back.
+_MAX_BIDS_PER_ROW = 10_000
+
+
+class AuctionGaveUp(RuntimeError):
+    """The auction exceeded its bid budget (degenerate input); use another solver."""
+
+
+def solve(
+    score: np.ndarray,
+    prices: np.ndarray | None = None,
+    perm: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maximize Σ_i score[i, perm[i]] over permutations of a square float matrix.
+
+    `prices` and `perm` from a previous call on a similar matrix make it faster; they never
+    change the answer. Returns (perm, prices). Raises `AuctionGaveUp` on inputs where
+    the auction stalls (massive ties with a huge range), which no test case has hit.
+    """
+    a = np.ascontiguousarray(score)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    n = a.shape[0]
+    if a.shape != (n, n) or n == 0:
+        raise ValueError(f"the auction solver needs a non-empty square matrix, got {a.shape}")
+    lo, hi = _value_range(a)
+    span = hi - lo
+    if not np.isfinite(span):
+        raise ValueError("the assignment score contains NaN or infinite values")
+    if n == 1 or span == 0.0:
+        return np.arange(n, dtype=np.int64), np.zeros(n)
+    warm = prices is not None and perm is not None and len(prices) == n and len(perm) == n
+    price = np.array(prices, dtype=np.float64) if warm else np.zeros(n)
+    assign = np.array(perm, dtype=np.int64) if warm else np.full(n, -1, dtype=np.int64)
+    eps = _schedule(span, _EPS_WARM if warm else _EPS_COLD)
+    ok = _auction(a, price, assign, eps, LIST_SIZE, _MAX_BIDS_PER_ROW * n)
+    if not ok:
+        raise AuctionGaveUp(f"the auction stalled on a {n}x{n} matrix")
+    _finish(a, price, assign)
+    return assign, price
+
+
+def _schedule(span: float, start: float) -> np.ndarray:
+    eps, final = span * start, span * _EPS_FINAL
+    steps = [eps]
+    while eps > final:
+        eps = max(eps / _THETA, final)
+        steps.append(eps)
+    return np.array(steps)
+
+
+_jit = njit(nogil=True, cache=True)
+
+
+@_jit
+def _value_range(a):
+    lo = np.inf
+    hi = -np.inf
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            x = a[i, j]
+            if x != x:
+                return np.nan, np.nan
+            if x < lo:
+                lo = x
+            if x > hi:
+                hi = x
+    return float(lo), float(hi)
+
+
+@_jit
+def _scan_row(a, price, i, cand, tau, k):
+    """Refill row i's candidate list; return its best value, column and second value."""
+    vals = np.empty(k + 1)
+    idx = np.empty(k + 1, np.int64)
+    cnt = 0
+    for j in range(a.shape[1]):
+        t = a[i, j] - price[j]
+        if cnt <= k:
+            p = cnt
+            cnt += 1
+        elif t > vals[k]:
+            p = k
+        else:
+            continue
+        while p > 0 and vals[p - 1] < t:
+            vals[p] = vals[p - 1]
+            idx[p] = idx[p - 1]
+            p -= 1
+        vals[p] = t
+        idx[p] = j
+    for q in range(k):
+        cand[i, q] = idx[q]
+    tau[i] = vals[k]
+    return vals[0], idx[0], vals[1]
+
+
+@_jit
+def _best_two(a, price, i, cand, tau, k):
+    """Best value and column of row i, and an upper bound of its second-best value."""
+    w1 = -np.inf
+    w2 = -np.inf
+    j1 = -1
+    for q in range(k):
+        j = cand[i, q]
+        t = a[i, j] - price[j]
+        if t > w1:
+            w2 = w1
+            w1 = t
+            j1 = j
+        elif t > w2:
+            w2 = t
+    if w1 >= tau[i]:
+        return w1, j1, max(w2, tau[i])
+    return _scan_row(a, price, i, cand, tau, k)
+
+
+@_jit
+def _auction(a, price, assign, eps_steps, list_size, max_bids):
+    n = a.shape[0]
+    k = min(list_size, n - 1)
+    cand = np.empty((n, k), np.int64)
+    tau = np.empty(n)
+    owner = np.full(n, -1, np.int64)
+    for i in range(n):
+        if assign[i] >= 0:
+            owner[assign[i]] = i
+        _scan_row(a, price, i, cand, tau, k)
+    queue = np.empty(n, np.int64)
+    bids = 0
+    for phase in range(len(eps_steps)):
+        eps = eps_steps[phase]
+        tail = 0
+        for i in range(n):  # keep the rows that still satisfy ε-CS, queue the rest
+            j0 = assign[i]
+            if j0 >= 0:
+                w1, j1, w2 = _best_two(a, price, i, cand, tau, k)
+                if a[i, j0] - price[j0] < w1 - eps:
+                    assign[i] = -1
+                    owner[j0] = -1
+            if assign[i] < 0:
+                queue[tail] = i
+                tail += 1
+        head = 0
+        waiting = tail
+        tail %= n
+        while waiting > 0:
+            i = queue[head]
+            head = (head + 1) % n
+            waiting -= 1
+            w1, j1, w2 = _best_two(a, price, i, cand, tau, k)
+            price[j1] += w1 - w2 + eps
+            previous = owner[j1]
+            owner[j1] = i
+            assign[i] = j1
+            if previous >= 0:
+                assign[previous] = -1
+                queue[tail] = previous
+                tail = (tail + 1) % n
+                waiting += 1
+            bids += 1
+            if bids > max_bids:
+                return False
+    return True
+
+
+@_jit
+def _heap_push(keys, vals, size, key, val):
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if keys[parent] <= key:
+            break
+        keys[i] = keys[parent]
+        vals[i] = vals[parent]
+        i = parent
+    keys[i] = key
+    vals[i] = val
+    return size + 1
+
+
+@_jit
+def _heap_pop(keys, vals, size):
+    key = keys[0]
+    val = vals[0]
+    size -= 1
+    last_key = keys[size]
+    last_val = vals[size]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        if c + 1 < size and keys[c + 1] < keys[c]:
+            c += 1
+        if last_key <= keys[c]:
+            break
+        keys[i] = keys[c]
+        vals[i] = vals[c]
+        i = c
+    keys[i] = last_key
+    vals[i] = last_val
+    return key, val, size
+
+
+@_jit
+def _candidates(a, price, assign):
+    """Row profits, slack rows, and the CSR entries whose reduced cost is ≤ total slack."""
+    n = a.shape[0]
+    profit = np.empty(n)
+    slack = np.empty(n)
+    for i in range(n):
+        best = -np.inf
+        for j in range(n):
+            t = a[i, j] - price[j]
+            if t > best:
+                best = t
+        profit[i] = best
+        slack[i] = best - (a[i, assign[i]] - price[assign[i]])
+    gap = slack.sum()
+    indptr = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        cnt = 0
+        for j in range(n):
+            if profit[i] - (a[i, j] - price[j]) <= gap:
+                cnt += 1
+        indptr[i + 1] = indptr[i] + cnt
+    indices = np.empty(indptr[n], np.int64)
+    cost = np.empty(indptr[n])
+    for i in range(n):
+        p = indptr[i]
+        for j in range(n):
+            if profit[i] - (a[i, j] - price[j]) <= gap:
+                indices[p] = j
+                cost[p] = -a[i, j]
+                p += 1
+    return profit, slack, indptr, indices, cost
+
+
+@_jit
+def _finish(a, price, assign):
+    """Make the auction's assignment exactly optimal (min-cost form, cost = -score)."""
+    n = a.shape[0]
+    profit, slack, indptr, indices, cost = _candidates(a, price, assign)
+    u = -profit
+    v = -price
+    row2col = np.full(n, -1, np.int64)
+    col2row = np.full(n, -1, np.int64)
+    nfree = 0
+    free = np.empty(n, np.int64)
+    for i in range(n):
+        if slack[i] > 0.0:
+            free[nfree] = i
+            nfree += 1
+        else:
+            row2col[i] = assign[i]
+            col2row[assign[i]] = i
+    dist = np.full(n, np.inf)
+    pred = np.full(n, -1, np.int64)
+    done = np.zeros(n, np.bool_)
+    touched = np.empty(n, np.int64)
+    rows = np.empty(n, np.int64)
+    settled = np.empty(n, np.int64)
+    keys = np.empty(len(indices) + 1)
+    vals = np.empty(len(indices) + 1, np.int64)
+    for q in range(nfree):
+        start = free[q]
+        ntouched = 0
+        nrows = 0
+        nsettled = 0
+        size = 0
+        i = start
+        mu = 0.0
+        sink = -1
+        while True:
+            rows[nrows] = i
+            nrows += 1
+            for e in range(indptr[i], indptr[i + 1]):
+                j = indices[e]
+                if done[j]:
+                    continue
+                r = mu + cost[e] - u[i] - v[j]
+                if r < dist[j]:
+                    if dist[j] == np.inf:
+                        touched[ntouched] = j
+                        ntouched += 1
+                    dist[j] = r
+                    pred[j] = i
+                    size = _heap_push(keys, vals, size, r, j)
+            j = -1
+            while size > 0:
+                d, c, size = _heap_pop(keys, vals, size)
+                if not done[c] and d == dist[c]:
+                    j = c
+                    break
+            if j < 0:
+                raise RuntimeError("no augmenting path among the candidates")
+            done[j] = True
+            settled[nsettled] = j
+            nsettled += 1
+            mu = dist[j]
+            if col2row[j] < 0:
+                sink = j
+                break
+            i = col2row[j]
+        u[start] += mu
+        for t in range(1, nrows):
+            i = rows[t]
+            u[i] += mu - dist[row2col[i]]
+        for t in range(nsettled):
+            j = settled[t]
+            v[j] -= mu - dist[j]
+        j = sink
+        while True:
+            i = pred[j]
+            col2row[j] = i
+            nxt = row2col[i]
+            row2col[i] = j
+            if i == start:
+                break
+            j = nxt
+        for t in range(ntouched):
+            j = touched[t]
+            dist[j] = np.inf
+            done[j] = False
+    for i in range(n):
+        assign[i] = row2col[i]
+        price[i] = -v[i]
