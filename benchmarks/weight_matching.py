@@ -7,7 +7,7 @@ Both use float32 products, the same seeded visiting order and the same models, i
 
     .venv/bin/python benchmarks/weight_matching.py            # MLP 2048, 4096, ResNet-20 x4, x8
     .venv/bin/python benchmarks/weight_matching.py --cases mlp2048 --max-iter 100
-    .venv/bin/python benchmarks/weight_matching.py --gpu-solver   # auction vs scipy, CUDA only
+    .venv/bin/python benchmarks/weight_matching.py --solvers   # single solves, n = 512…8192
 
 Times exclude start-up (imports, model creation, and loading the compiled assignment
 solver, which numba caches on disk after its first compilation). Each case runs both
@@ -154,28 +154,31 @@ def run_case(name: str, case, max_iter: int, seed: int, repeat: int) -> None:
     )
 
 
-def gpu_solver_benchmark(sizes: list[int]) -> None:
+def solver_benchmark(sizes: list[int]) -> None:
+    """One cold solve per size of a weight-matching-like cost (inner products of random
+    n×n weights): scipy, our compiled CPU auction, and the CUDA auction where a GPU is."""
     from core.alignment.solvers import solve_assignment
 
-    if not torch.cuda.is_available():
-        print("no CUDA device: GPU solver benchmark skipped")
-        return
+    cuda = torch.cuda.is_available()
+    if cuda:
+        solve_assignment(torch.ones(64, 64, device="cuda"), solver="auction-cuda")  # warm-up
     rng = np.random.default_rng(0)
     for n in sizes:
-        x, y = rng.normal(size=(n, 64)), rng.normal(size=(n, 64))
-        score = torch.tensor(x @ y.T, device="cuda")
-        t0 = time.perf_counter()
-        p_cpu = solve_assignment(score.cpu().numpy(), solver="scipy")
-        t_cpu = time.perf_counter() - t0
-        solve_assignment(score[:64, :64], solver="auction-cuda")  # warm-up
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        p_gpu = solve_assignment(score, solver="auction-cuda")
-        t_gpu = time.perf_counter() - t0
-        s = score.cpu().numpy()
+        score = (rng.normal(size=(n, n)) @ rng.normal(size=(n, n)).T).astype(np.float32)
         rows = np.arange(n)
-        gap = s[rows, p_cpu].sum() - s[rows, p_gpu].sum()
-        print(f"n={n:5d} scipy {t_cpu:7.3f} s  auction-cuda {t_gpu:7.3f} s  gap {gap:.3g}")
+        line = f"n={n:5d}"
+        best = None
+        for name in ["scipy", "auction"] + (["auction-cuda"] if cuda else []):
+            data = torch.tensor(score, device="cuda") if name == "auction-cuda" else score
+            t0 = time.perf_counter()
+            perm = solve_assignment(data, solver=name)
+            if name == "auction-cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - t0
+            value = float(score.astype(np.float64)[rows, perm].sum())
+            best = value if best is None else best
+            line += f"  {name} {elapsed:7.3f} s (gap {best - value:.2g})"
+        print(line, flush=True)
 
 
 def warm_up() -> None:
@@ -192,13 +195,15 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median)")
-    parser.add_argument("--gpu-solver", action="store_true")
+    parser.add_argument(
+        "--solvers", action="store_true", help="single solves: scipy vs our auctions"
+    )
     args = parser.parse_args()
-    if args.gpu_solver:
-        gpu_solver_benchmark([512, 1024, 2048, 4096, 8192])
-        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     warm_up()
+    if args.solvers:
+        solver_benchmark([512, 1024, 2048, 4096, 8192])
+        return
     for name in args.cases.split(","):
         if name.startswith("mlp"):
             case = mlp_case(int(name[3:]), args.seed)
