@@ -175,10 +175,7 @@ def _solve(
     n, m = _check_shape(score)
     name = resolve_solver(solver, n, m, device)
     if name == "auction":
-        solved = _compiled_auction(score, maximize, prices, previous)
-        if solved is not None:
-            return solved
-        name = "scipy"
+        return _compiled_auction(score, maximize, prices, previous)
     if name == "scipy":
         s = _to_numpy64(score)
         if not maximize:
@@ -196,8 +193,8 @@ def _compiled_auction(
     maximize: bool,
     prices: np.ndarray | None,
     previous: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Solve with the numba auction; None when it gave up (the caller uses scipy)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Solve with the numba auction (which hands degenerate inputs to scipy itself)."""
     from core.alignment import auction_lap
 
     if isinstance(score, torch.Tensor):
@@ -209,8 +206,6 @@ def _compiled_auction(
         s = -s
     try:
         return auction_lap.solve(s, prices, previous)
-    except auction_lap.AuctionGaveUp:
-        return None
     except ValueError as exc:
         raise MergerError(
             "the assignment score contains NaN or infinite values",
