@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from core.checkpoints import TensorInfo, open_checkpoint
 from core.compat import CompatReport, ExtraKeys, compare
@@ -100,9 +101,39 @@ def check_models(
             [(p, opened[p]) for p in usable[1:]],
             extra_keys=extra_keys,
         )
+        report = _blame_odd_reference(report, usable, opened, extra_keys)
     for path, message in failures.items():
         report.problems.setdefault(path, []).append(message)
     return report
+
+
+def _blame_odd_reference(
+    report: CompatReport,
+    usable: Sequence[str],
+    opened: Mapping[str, Mapping[str, TensorInfo]],
+    extra_keys: ExtraKeys,
+) -> CompatReport:
+    """When the reference clashes with every other model and those agree with each other,
+    the reference is the odd one: say so on it instead of flagging all the others.
+
+    (Adding a mismatched model first makes it the base; flagging the good models then
+    sends the user to the wrong rows.)"""
+    ref, others = usable[0], usable[1:]
+    if len(others) < 2 or not all(report.problems.get(p) for p in others):
+        return report
+    among = compare(
+        (others[0], opened[others[0]]), [(p, opened[p]) for p in others[1:]], extra_keys=extra_keys
+    )
+    if not among.ok:
+        return report
+    first = report.problems[others[0]][0]
+    blamed = CompatReport(reference=ref, notes=report.notes)
+    blamed.problems = {p: [] for p in usable}
+    blamed.problems[ref] = [
+        f"differs from the other {len(others)} models, which agree with each other "
+        f"({Path(others[0]).name}: {first}); remove it, or make another model the base"
+    ]
+    return blamed
 
 
 def unused_filters(recipe: Recipe, names: Sequence[str]) -> list[str]:

@@ -74,12 +74,30 @@ def solve(
     price = np.array(prices, dtype=np.float64) if warm else np.zeros(n)
     assign = np.array(perm, dtype=np.int64) if warm else np.full(n, -1, dtype=np.int64)
     eps = _schedule(lo, hi, warm)
-    if _auction(a, price, assign, eps, LIST_SIZE, _MAX_BIDS_PER_ROW * n):
+    if not _auction(a, price, assign, eps, LIST_SIZE, _MAX_BIDS_PER_ROW * n):
+        assign = np.full(n, -1, dtype=np.int64)  # stalled: scipy below
+    return make_exact(a, price, assign)
+
+
+def make_exact(
+    score: np.ndarray, prices: np.ndarray, perm: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn a near-optimal assignment and its prices (an auction's) into the exact optimum.
+
+    This is the finish of `solve`, also used after the torch auction on the GPU. A
+    `perm` that is not a full permutation, or one so far from optimal that the finish
+    would be dense, goes to scipy instead."""
+    a = np.ascontiguousarray(score)
+    n = a.shape[0]
+    price = np.array(prices, dtype=np.float64)
+    assign = np.array(perm, dtype=np.int64)
+    if len(assign) == n and np.array_equal(np.sort(assign), np.arange(n)):
         candidates = _candidates(a, price, assign)
         if len(candidates[3]) <= _DENSE_FINISH * n:
             _finish(a, price, assign, *candidates)
             return assign, price
     rows, cols = linear_sum_assignment(a, maximize=True)
+    assign = np.empty(n, dtype=np.int64)
     assign[rows] = cols
     return assign, price
 

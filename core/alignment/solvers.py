@@ -293,7 +293,8 @@ def _repair_potentials(red: np.ndarray, perm: np.ndarray) -> np.ndarray:
 # Integer benefits scaled by (n + 1) make a final ε = 1 equivalent to ε < 1/n, at which an
 # ε-complementary-slack assignment is optimal. Float scores are first quantized to
 # integers (2**_AUCTION_BITS levels); the quantized optimum is then made exact for the
-# float scores by scipy started from the auction's prices (cheap: nearly reduced).
+# float scores by the compiled finish of `auction_lap` (a sparse shortest-path pass over
+# the entries within the total slack), or by scipy where numba is missing.
 _AUCTION_BITS = 24
 _EPS_FACTOR = 6.0
 _CHUNK_ELEMENTS = 1 << 24
@@ -323,7 +324,12 @@ def auction_assignment(
     perm = assign.cpu().numpy().astype(np.int64)
     col_prices = (price * unit).cpu().numpy()
     if exact and not integral:
-        perm, col_prices = _scipy_warm(score.cpu().numpy(), col_prices)
+        if compiled_auction_available():
+            from core.alignment.auction_lap import make_exact
+
+            perm, col_prices = make_exact(score.cpu().numpy(), col_prices, perm)
+        else:
+            perm, col_prices = _scipy_warm(score.cpu().numpy(), col_prices)
     return perm, col_prices
 
 

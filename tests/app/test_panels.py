@@ -261,3 +261,19 @@ def test_missing_data_file_blocks_merge(window, tiny):
     load_for_method(window, tiny, "activation_matching")
     window.method.data_combo.setCurrentText("/nonexistent/data.npz")
     assert any("does not exist" in b for b in window.blockers())
+
+
+def test_an_odd_model_added_first_is_the_one_marked(window, tiny, tmp_path):
+    import numpy as np
+    from app_helpers import save_tiny
+
+    odd = save_tiny(
+        tmp_path / "odd.safetensors", {"layers.0.weight": np.zeros((16, 64), np.float32)}
+    )
+    window.method.set_method("task_arithmetic")
+    window.add_models([odd, tiny.base, tiny.models["a"]])
+    rows = window.models.model.rows()
+    assert rows[0].role == "base" and rows[0].problem
+    assert "differs from the other 2 models" in rows[0].problem
+    assert not rows[1].problem and not rows[2].problem
+    assert "odd.safetensors cannot be merged" in window.merge_button.toolTip()

@@ -122,3 +122,18 @@ def test_the_solver_releases_the_gil():
     # A kernel holding the GIL blocks the ticker for its whole run (about one tick per
     # solve); released, the ticker runs about every millisecond.
     assert ticks >= max(10, elapsed / 0.005)
+
+
+def test_make_exact_repairs_any_starting_assignment():
+    """The finish is exact from any permutation and prices (the GPU auction's, say)."""
+    rng = np.random.default_rng(13)
+    score = similarity(rng, 250, 250, np.float32)
+    optimum, prices = auction_lap.solve(score)
+    nearly = optimum.copy()
+    nearly[[0, 1]] = nearly[[1, 0]]  # two rows swapped: a little slack to repair
+    for perm, price in [(nearly, prices), (rng.permutation(250), np.zeros(250))]:
+        exact, _ = auction_lap.make_exact(score, price, perm)
+        assert value(score, exact) == pytest.approx(best(score), rel=1e-13)
+    broken = np.zeros(250, dtype=np.int64)  # not a permutation: scipy solves it
+    exact, _ = auction_lap.make_exact(score, prices, broken)
+    assert value(score, exact) == pytest.approx(best(score), rel=1e-13)
