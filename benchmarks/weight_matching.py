@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from core.alignment.solvers import warm_up
 from core.alignment.spec import PermutationSpec
 from core.alignment.weight_matching import cost_tensors, matching_objective, weight_matching
 
@@ -181,14 +182,6 @@ def solver_benchmark(sizes: list[int]) -> None:
         print(line, flush=True)
 
 
-def warm_up() -> None:
-    """Load the compiled solver's kernels (start-up, like an import) before timing."""
-    from core.alignment.solvers import solve_assignment
-
-    for dtype in (np.float32, np.float64):
-        solve_assignment(np.random.default_rng(0).normal(size=(64, 64)).astype(dtype))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="mlp2048,mlp4096,resnet20x4,resnet20x8")
@@ -200,7 +193,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    warm_up()
+    warm_up()  # load the compiled solver (start-up, like an import)
     if args.solvers:
         solver_benchmark([512, 1024, 2048, 4096, 8192])
         return

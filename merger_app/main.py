@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot:
         window.resize(args.width, args.height)
     window.show()
+    _warm_up_solvers()
     status = {"code": 0}
     if args.screenshot:
         _arm_screenshot(app, window, Path(args.screenshot), status, wait_demo=args.demo)
@@ -86,6 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         window.merge()
     code = app.exec()
     return status["code"] or code
+
+
+def _warm_up_solvers() -> None:
+    """Load the compiled assignment solver on a background thread (it releases the GIL
+    while it runs; loading takes ~0.5 s, the first compile on a machine a few seconds),
+    so the first weight matching starts at once. Nothing in Qt is touched."""
+    import threading
+
+    from core.alignment.solvers import warm_up
+
+    threading.Thread(target=warm_up, name="solver-warm-up", daemon=True).start()
 
 
 def _open_paths(window, paths: list[str]) -> None:

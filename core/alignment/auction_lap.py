@@ -79,6 +79,14 @@ def solve(
     return make_exact(a, price, assign)
 
 
+def warm_up() -> None:
+    """Compile the kernels (first run on a machine, seconds) or load them from numba's
+    on-disk cache (a fraction of a second), for float32 and float64 scores."""
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        solve(rng.normal(size=(16, 16)).astype(dtype))
+
+
 def make_exact(
     score: np.ndarray, prices: np.ndarray, perm: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -45,6 +45,17 @@ def compiled_auction_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+def warm_up() -> None:
+    """Load (or, once per machine, compile) the compiled solver ahead of its first use.
+
+    The app calls this on a background thread at start, so the first weight matching
+    does not wait for it; benchmarks call it as part of start-up."""
+    if compiled_auction_available():
+        from core.alignment import auction_lap
+
+        auction_lap.warm_up()
+
+
 def available_solvers() -> list[str]:
     """Solver names usable on this machine."""
     names = ["scipy"]
