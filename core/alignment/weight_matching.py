@@ -150,6 +150,14 @@ def _check_models(
                 tensor=t,
                 hint="weight matching needs two models of the same architecture and width",
             )
+    for label, state in (("A", a), ("B", b)):
+        for t in cost_tensors(spec, state):
+            if not bool(torch.isfinite(state[t]).all()):
+                raise MergerError(
+                    f"model {label} has NaN or infinite values",
+                    tensor=t,
+                    hint="weight matching needs finite weights; check or re-export that model",
+                )
 
 
 def _initial_perms(

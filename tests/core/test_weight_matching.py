@@ -252,3 +252,13 @@ def test_conv_flattened_into_linear_blocks_are_matched_whole():
     other = vgg_state((8, "M", 16, "M"), hidden=(32,), side=2, seed=2)
     result = weight_matching(spec, state_a, other, seed=0)
     assert result.objective_history[-1] >= result.initial_objective
+
+
+def test_non_finite_weights_are_named_with_their_model_and_tensor():
+    spec = PermutationSpec({"P": [("l0.weight", 0), ("l1.weight", 1)]})
+    a = {"l0.weight": torch.randn(6, 3), "l1.weight": torch.randn(2, 6)}
+    b = {k: v.clone() for k, v in a.items()}
+    b["l1.weight"][1, 4] = float("inf")
+    with pytest.raises(MergerError, match="model B has NaN or infinite") as info:
+        weight_matching(spec, a, b)
+    assert info.value.tensor == "l1.weight"
