@@ -137,3 +137,29 @@ def test_make_exact_repairs_any_starting_assignment():
     broken = np.zeros(250, dtype=np.int64)  # not a permutation: scipy solves it
     exact, _ = auction_lap.make_exact(score, prices, broken)
     assert value(score, exact) == pytest.approx(best(score), rel=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["small_integers", "wide_exponents", "float32_noise"])
+def test_random_matrices_property(kind):
+    """Many small random matrices, tie-heavy or badly scaled: always scipy's optimum value."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    if kind == "small_integers":
+        elements = st.integers(-3, 3).map(float)
+    elif kind == "wide_exponents":
+        elements = st.floats(-1e12, 1e12, allow_nan=False, allow_infinity=False)
+    else:
+        elements = st.floats(-1.0, 1.0, width=32, allow_nan=False, allow_infinity=False)
+    dtype = np.float32 if kind == "float32_noise" else np.float64
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(2, 14).flatmap(lambda n: arrays(dtype, (n, n), elements=elements)))
+    def check(score):
+        perm, _ = auction_lap.solve(score)
+        assert sorted(perm.tolist()) == list(range(len(perm)))
+        scale = max(1.0, float(np.abs(score).max())) * len(perm)
+        assert value(score, perm) == pytest.approx(best(score), abs=1e-12 * scale)
+
+    check()
