@@ -41,7 +41,11 @@ _EPS_WARM = 1e-5
 _EPS_FINAL = 1e-6
 _THETA = 8.0
 # Bids allowed per row before giving up on the auction (pathological ties): scipy takes over.
-_MAX_BIDS_PER_ROW = 10_000
+# Weight-matching costs need ~25 cold, ~5 warm.
+_MAX_BIDS_PER_ROW = 200
+# Warm prices spread over more score spans than this are from another matrix: start cold.
+# (Prices in a chain of warm solves drift to a few spans.)
+_MAX_PRICE_SPREAD = 64.0
 # Candidates per row above which the sparse finish loses to a dense scipy solve.
 _DENSE_FINISH = 64
 
@@ -65,18 +69,56 @@ def solve(
     if a.shape != (n, n) or n == 0:
         raise ValueError(f"the auction solver needs a non-empty square matrix, got {a.shape}")
     lo, hi = _value_range(a)
-    span = hi - lo
-    if not np.isfinite(span):
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("the assignment score contains NaN or infinite values")
+    span = hi - lo
     if n == 1 or span == 0.0:
         return np.arange(n, dtype=np.int64), np.zeros(n)
-    warm = prices is not None and perm is not None and len(prices) == n and len(perm) == n
-    price = np.array(prices, dtype=np.float64) if warm else np.zeros(n)
-    assign = np.array(perm, dtype=np.int64) if warm else np.full(n, -1, dtype=np.int64)
-    eps = _schedule(lo, hi, warm)
+    eps = _schedule(lo, hi, warm=True)
+    if not (np.isfinite(span) and eps[-1] > 0.0):  # overflowing or subnormal range
+        return _scipy(a), np.zeros(n)
+    price, assign = _warm_start(prices, perm, n, span)
+    warm = bool(assign[0] >= 0)
+    if not warm:
+        eps = _schedule(lo, hi, warm=False)
     if not _auction(a, price, assign, eps, LIST_SIZE, _MAX_BIDS_PER_ROW * n):
         assign = np.full(n, -1, dtype=np.int64)  # stalled: scipy below
     return make_exact(a, price, assign)
+
+
+def _warm_start(
+    prices: np.ndarray | None, perm: np.ndarray | None, n: int, span: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prices and assignment to start from: the caller's when they are a usable warm start,
+    shifted to start at 0 (a large common offset would eat the float64 precision that
+    reduced costs need), else zeros and no assignment (a cold start).
+
+    Unusable: wrong length, non-finite, not a permutation, or prices spread over more than
+    `_MAX_PRICE_SPREAD` score spans (from a matrix of another scale: a warm start from
+    them would cost more bids than a cold one)."""
+    cold = np.zeros(n), np.full(n, -1, dtype=np.int64)
+    if prices is None or perm is None:
+        return cold
+    price = np.asarray(prices, dtype=np.float64).ravel()
+    assign = np.asarray(perm).ravel()
+    if len(price) != n or len(assign) != n or not np.all(np.isfinite(price)):
+        return cold
+    if not np.issubdtype(assign.dtype, np.integer):
+        return cold
+    assign = assign.astype(np.int64)
+    if not np.array_equal(np.sort(assign), np.arange(n)):
+        return cold
+    price = price - price.min()
+    if price.max() > _MAX_PRICE_SPREAD * span:
+        return cold
+    return price, assign
+
+
+def _scipy(a: np.ndarray) -> np.ndarray:
+    rows, cols = linear_sum_assignment(a, maximize=True)
+    perm = np.empty(len(rows), dtype=np.int64)
+    perm[rows] = cols
+    return perm
 
 
 def warm_up() -> None:
@@ -97,17 +139,23 @@ def make_exact(
     would be dense, goes to scipy instead."""
     a = np.ascontiguousarray(score)
     n = a.shape[0]
-    price = np.array(prices, dtype=np.float64)
-    assign = np.array(perm, dtype=np.int64)
-    if len(assign) == n and np.array_equal(np.sort(assign), np.arange(n)):
+    price = np.asarray(prices, dtype=np.float64).ravel()
+    assign = np.asarray(perm).ravel()
+    usable = (
+        len(price) == n
+        and len(assign) == n
+        and np.all(np.isfinite(price))
+        and np.issubdtype(assign.dtype, np.integer)
+        and np.array_equal(np.sort(assign), np.arange(n))
+    )
+    if usable:
+        price = price - price.min()  # see _warm_start: offsets cost precision
+        assign = assign.astype(np.int64)
         candidates = _candidates(a, price, assign)
         if len(candidates[3]) <= _DENSE_FINISH * n:
             _finish(a, price, assign, *candidates)
             return assign, price
-    rows, cols = linear_sum_assignment(a, maximize=True)
-    assign = np.empty(n, dtype=np.int64)
-    assign[rows] = cols
-    return assign, price
+    return _scipy(a), (price if len(price) == n and np.all(np.isfinite(price)) else np.zeros(n))
 
 
 def _schedule(lo: float, hi: float, warm: bool) -> np.ndarray:

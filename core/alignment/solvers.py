@@ -67,8 +67,9 @@ def available_solvers() -> list[str]:
     return names
 
 
-def pick_solver(n: int, device: str = "auto", *, square: bool = True) -> str:
+def pick_solver(n: int, device: str | torch.device = "auto", *, square: bool = True) -> str:
     """Choose a solver for an n×n problem (n×m when not `square`)."""
+    device = str(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
@@ -84,8 +85,9 @@ def pick_solver(n: int, device: str = "auto", *, square: bool = True) -> str:
     return "scipy"
 
 
-def resolve_solver(name: str | None, n: int, m: int, device: str = "auto") -> str:
+def resolve_solver(name: str | None, n: int, m: int, device: str | torch.device = "auto") -> str:
     """The solver that will run: `name` ('auto' or None picks), checked against the problem."""
+    device = str(device)
     if name in (None, "auto"):
         return pick_solver(n, device, square=n == m)
     if name not in SOLVERS:
@@ -94,6 +96,11 @@ def resolve_solver(name: str | None, n: int, m: int, device: str = "auto") -> st
         )
     if name == "auction" and device.startswith("cuda") and torch.cuda.is_available():
         return "auction-cuda"
+    if name == "auction-cuda" and not torch.cuda.is_available():
+        raise MergerError(
+            "the 'auction-cuda' solver needs a CUDA device, and none is available",
+            hint="use solver 'auction' (CPU) or 'scipy'",
+        )
     if name == "auction" and not compiled_auction_available():
         raise MergerError(
             "the 'auction' solver needs numba, which is not installed",
@@ -209,6 +216,8 @@ def _compiled_auction(
     from core.alignment import auction_lap
 
     if isinstance(score, torch.Tensor):
+        if score.dtype not in (torch.float32, torch.float64):
+            score = score.to(torch.float64)  # numpy has no bfloat16; ints become floats
         score = score.detach().cpu().numpy()
     s = np.asarray(score)
     if s.dtype not in (np.float32, np.float64):
@@ -308,6 +317,16 @@ def _repair_potentials(red: np.ndarray, perm: np.ndarray) -> np.ndarray:
 # the entries within the total slack), or by scipy where numba is missing.
 _AUCTION_BITS = 24
 _EPS_FACTOR = 6.0
+# Bid rounds allowed per row before scipy takes over (a stall: ties over a huge range).
+_MAX_ROUNDS_PER_ROW = 200
+# Warm prices spread over more score spans than this come from another matrix: start cold.
+_MAX_PRICE_SPREAD = 64.0
+
+
+class _AuctionStalled(Exception):
+    """The torch auction exceeded its round budget."""
+
+
 _CHUNK_ELEMENTS = 1 << 24
 
 
@@ -329,9 +348,15 @@ def auction_assignment(
         )
     benefit, unit, integral = _integer_benefits(score)
     start = None
-    if prices is not None and len(prices) == n:
-        start = torch.as_tensor(prices, dtype=torch.float64, device=score.device) / unit
-    assign, price = _auction(benefit, start)
+    if prices is not None and len(prices) == n and np.all(np.isfinite(prices)):
+        shifted = np.asarray(prices, dtype=np.float64) - np.min(prices)
+        if shifted.max() <= _MAX_PRICE_SPREAD * float(score.max() - score.min()):
+            start = torch.as_tensor(shifted, dtype=torch.float64, device=score.device) / unit
+    try:
+        assign, price = _auction(benefit, start)
+    except _AuctionStalled:
+        perm = _scipy_warm(score.cpu().numpy(), None, want_prices=False)[0]
+        return perm, np.zeros(n)
     perm = assign.cpu().numpy().astype(np.int64)
     col_prices = (price * unit).cpu().numpy()
     if exact and not integral:
@@ -368,6 +393,7 @@ def _auction(
     owner = torch.full((n,), -1, dtype=torch.long, device=dev)
     span = float(benefit.max() - benefit.min())
     eps = max(1.0, span / (_EPS_FACTOR if prices is None else _EPS_FACTOR**3))
+    rounds = 0
     while True:
         _drop_unhappy(benefit, price, assign, owner, eps)
         while True:
@@ -375,6 +401,9 @@ def _auction(
             if len(free) == 0:
                 break
             _bid_round(benefit, price, assign, owner, free, eps)
+            rounds += 1
+            if rounds > _MAX_ROUNDS_PER_ROW * n:
+                raise _AuctionStalled
         if eps <= 1.0:
             return assign, price
         eps = max(1.0, eps / _EPS_FACTOR)

@@ -163,3 +163,49 @@ def test_random_matrices_property(kind):
         assert value(score, perm) == pytest.approx(best(score), abs=1e-12 * scale)
 
     check()
+
+
+def _bad_warm_starts(rng: np.random.Generator, n: int, prices: np.ndarray, perm: np.ndarray):
+    out_of_range = perm.copy()
+    out_of_range[0] = 10**9
+    duplicate = perm.copy()
+    duplicate[1] = duplicate[0]
+    nan_prices = prices.copy()
+    nan_prices[perm[0]] = np.nan
+    return [
+        (prices, out_of_range),  # would index past the arrays in compiled code
+        (prices, -np.ones(n, dtype=np.int64)),
+        (prices, duplicate),
+        (prices, perm.astype(np.float64)),
+        (prices[:-1], perm),
+        (nan_prices, perm),
+        (prices + 1e15, perm),  # a large common offset costs float64 precision
+        (np.arange(n) * -10.0, perm),  # prices of another scale: a warm start would crawl
+        (prices * 1000.0, perm),
+    ]
+
+
+def test_unusable_warm_starts_never_crash_or_change_the_answer():
+    rng = np.random.default_rng(14)
+    n = 120
+    first = rng.normal(size=(n, n))
+    perm, prices = auction_lap.solve(first)
+    score = first + 0.01 * rng.normal(size=(n, n))
+    for bad_prices, bad_perm in _bad_warm_starts(rng, n, prices, perm):
+        got, _ = auction_lap.solve(score, bad_prices, bad_perm)
+        assert sorted(got.tolist()) == list(range(n))
+        assert value(score, got) == pytest.approx(best(score), rel=1e-12)
+        if len(bad_perm) == n and len(bad_prices) == n:
+            exact, _ = auction_lap.make_exact(score, bad_prices, bad_perm)
+            assert value(score, exact) == pytest.approx(best(score), rel=1e-12)
+    exact, _ = auction_lap.make_exact(score, np.zeros(3), perm)  # wrong-length prices
+    assert value(score, exact) == pytest.approx(best(score), rel=1e-12)
+
+
+def test_extreme_ranges_are_solved():
+    huge = np.array([[1.7e308, -1.7e308], [-1.7e308, 1.7e308]])  # the span overflows
+    assert auction_lap.solve(huge)[0].tolist() == [0, 1]
+    tiny = np.zeros((30, 30))
+    tiny[np.arange(30), np.random.default_rng(15).permutation(30)] = 5e-324  # subnormal span
+    perm, _ = auction_lap.solve(tiny)
+    assert value(tiny, perm) == best(tiny)

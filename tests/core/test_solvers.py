@@ -171,3 +171,28 @@ def test_auction_small_sizes_warm_start_and_errors(solver):
         solve_assignment(np.array([[np.inf, 1.0], [0.0, 1.0]]), solver=solver)
     with pytest.raises(MergerError, match="NaN"):
         solve_assignment(np.array([[np.nan, 1.0], [0.0, 1.0]]), solver=solver)
+
+
+def test_torch_dtypes_devices_and_unavailable_cuda():
+    score = torch.randn(80, 80)
+    expected = scipy_best(score.double().numpy())
+    for dtype in (torch.bfloat16, torch.float16, torch.int64):
+        tensor = (score * 10).to(dtype)
+        perm = solve_assignment(tensor)  # the default: the compiled auction
+        assert total(tensor.double().numpy(), perm) == pytest.approx(
+            scipy_best(tensor.double().numpy())
+        )
+    assert total(score.numpy(), solve_assignment(score, device=torch.device("cpu"))) == (
+        pytest.approx(expected)
+    )
+    if not torch.cuda.is_available():
+        with pytest.raises(MergerError, match="CUDA"):
+            solve_assignment(score, solver="auction-cuda", device="cpu")
+
+
+def test_torch_auction_survives_unusable_warm_prices():
+    rng = np.random.default_rng(16)
+    score = rng.normal(size=(60, 60))
+    for prices in (np.full(60, np.nan), np.arange(60) * 1e6, np.zeros(3)):
+        perm, _ = solve_assignment_warm(score, solver="auction-torch", prices=prices)
+        assert total(score, perm) == pytest.approx(scipy_best(score))
