@@ -40,6 +40,10 @@ SOLVERS = ("scipy", "auction", "auction-torch", "auction-cuda")
 _DUAL_REPAIR_ROUNDS = 60
 
 
+class NonFiniteScore(MergerError):
+    """The score matrix holds NaN or infinite values (callers may say where they came from)."""
+
+
 def compiled_auction_available() -> bool:
     """Whether numba is installed, so the compiled CPU auction can run."""
     return importlib.util.find_spec("numba") is not None
@@ -227,7 +231,7 @@ def _compiled_auction(
     try:
         return auction_lap.solve(s, prices, previous)
     except ValueError as exc:
-        raise MergerError(
+        raise NonFiniteScore(
             "the assignment score contains NaN or infinite values",
             hint="check the models for NaN/inf weights",
         ) from exc
@@ -253,7 +257,7 @@ def _to_numpy64(score: torch.Tensor | np.ndarray) -> np.ndarray:
         score = score.detach().to("cpu", torch.float64).numpy()
     s = np.asarray(score, dtype=np.float64)
     if not np.all(np.isfinite(s)):
-        raise MergerError(
+        raise NonFiniteScore(
             "the assignment score contains NaN or infinite values",
             hint="check the models for NaN/inf weights",
         )
@@ -342,7 +346,7 @@ def auction_assignment(
     if n == 1:
         return np.zeros(1, dtype=np.int64), np.zeros(1)
     if not bool(torch.isfinite(score).all()):
-        raise MergerError(
+        raise NonFiniteScore(
             "the assignment score contains NaN or infinite values",
             hint="check the models for NaN/inf weights",
         )

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.alignment.solvers import WarmAssignment
+from core.alignment.solvers import NonFiniteScore, WarmAssignment
 from core.alignment.spec import PermutationSpec, expand_blocks
 from core.errors import MergerError
 from core.jobs import Progress
@@ -110,7 +110,13 @@ def weight_matching(
         for idx in torch.randperm(len(groups), generator=gen).tolist():
             if progress is not None:
                 progress.check()
-            gain = problem.step(groups[idx], perms, solver)
+            try:
+                gain = problem.step(groups[idx], perms, solver)
+            except NonFiniteScore as exc:
+                named = _name_non_finite(spec, state_a, state_b)
+                if named is None:
+                    raise
+                raise named from exc
             improved |= gain > 0.0
             value += gain
         result.objective_history.append(value)
@@ -150,14 +156,22 @@ def _check_models(
                 tensor=t,
                 hint="weight matching needs two models of the same architecture and width",
             )
+
+
+def _name_non_finite(
+    spec: PermutationSpec, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
+) -> MergerError | None:
+    """The error naming the model and tensor with NaN/inf values, if any. Scanned only
+    after a solver met a non-finite cost (a scan up front costs 8% of a ResNet's run)."""
     for label, state in (("A", a), ("B", b)):
         for t in cost_tensors(spec, state):
             if not bool(torch.isfinite(state[t]).all()):
-                raise MergerError(
+                return MergerError(
                     f"model {label} has NaN or infinite values",
                     tensor=t,
                     hint="weight matching needs finite weights; check or re-export that model",
                 )
+    return None
 
 
 def _initial_perms(
