@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot:
         window.resize(args.width, args.height)
     window.show()
-    _warm_up_solvers()
+    if not args.screenshot:  # a screenshot run exits as soon as it has drawn
+        _warm_up_solvers()
     status = {"code": 0}
     if args.screenshot:
         _arm_screenshot(app, window, Path(args.screenshot), status, wait_demo=args.demo)

@@ -33,6 +33,8 @@ import numpy as np
 from numba import njit
 from scipy.optimize import linear_sum_assignment
 
+from core.alignment.warm_start import as_permutation, usable_prices
+
 # Candidate columns kept per row. 8 was fastest on weight-matching costs at n = 512-4096.
 LIST_SIZE = 8
 # ε-scaling: start at span/20 cold, at span·1e-5 warm, divide by 8 per phase down to
@@ -44,9 +46,6 @@ _THETA = 8.0
 # Bids allowed per row before giving up on the auction (pathological ties): scipy takes over.
 # Weight-matching costs need ~25 cold, ~5 warm.
 _MAX_BIDS_PER_ROW = 200
-# Warm prices spread over more score spans than this are from another matrix: start cold.
-# (Prices in a chain of warm solves drift to a few spans.)
-_MAX_PRICE_SPREAD = 64.0
 # Candidates per row above which the sparse finish loses to a dense scipy solve.
 _DENSE_FINISH = 64
 
@@ -90,28 +89,11 @@ def solve(
 def _warm_start(
     prices: np.ndarray | None, perm: np.ndarray | None, n: int, span: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Prices and assignment to start from: the caller's when they are a usable warm start,
-    shifted to start at 0 (a large common offset would eat the float64 precision that
-    reduced costs need), else zeros and no assignment (a cold start).
-
-    Unusable: wrong length, non-finite, not a permutation, or prices spread over more than
-    `_MAX_PRICE_SPREAD` score spans (from a matrix of another scale: a warm start from
-    them would cost more bids than a cold one)."""
-    cold = np.zeros(n), np.full(n, -1, dtype=np.int64)
-    if prices is None or perm is None:
-        return cold
-    price = np.asarray(prices, dtype=np.float64).ravel()
-    assign = np.asarray(perm).ravel()
-    if len(price) != n or len(assign) != n or not np.all(np.isfinite(price)):
-        return cold
-    if not np.issubdtype(assign.dtype, np.integer):
-        return cold
-    assign = assign.astype(np.int64)
-    if not np.array_equal(np.sort(assign), np.arange(n)):
-        return cold
-    price = price - price.min()
-    if price.max() > _MAX_PRICE_SPREAD * span:
-        return cold
+    """The caller's prices and permutation when they make a usable warm start
+    (`warm_start.usable_prices`, `as_permutation`), else zeros and no assignment."""
+    price, assign = usable_prices(prices, n, span), as_permutation(perm, n)
+    if price is None or assign is None:
+        return np.zeros(n), np.full(n, -1, dtype=np.int64)
     return price, assign
 
 
@@ -140,23 +122,15 @@ def make_exact(
     would be dense, goes to scipy instead."""
     a = np.ascontiguousarray(score)
     n = a.shape[0]
-    price = np.asarray(prices, dtype=np.float64).ravel()
-    assign = np.asarray(perm).ravel()
-    usable = (
-        len(price) == n
-        and len(assign) == n
-        and np.all(np.isfinite(price))
-        and np.issubdtype(assign.dtype, np.integer)
-        and np.array_equal(np.sort(assign), np.arange(n))
-    )
-    if usable:
-        price = price - price.min()  # see _warm_start: offsets cost precision
-        assign = assign.astype(np.int64)
+    price, assign = usable_prices(prices, n), as_permutation(perm, n)
+    if price is None:
+        price = np.zeros(n)
+    elif assign is not None:
         candidates = _candidates(a, price, assign)
         if len(candidates[3]) <= _DENSE_FINISH * n:
             _finish(a, price, assign, *candidates)
             return assign, price
-    return _scipy(a), (price if len(price) == n and np.all(np.isfinite(price)) else np.zeros(n))
+    return _scipy(a), price
 
 
 def _schedule(lo: float, hi: float, warm: bool) -> np.ndarray:

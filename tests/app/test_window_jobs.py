@@ -11,6 +11,30 @@ from PySide6.QtCore import QElapsedTimer, QTimer
 from merger_app.qt_worker import live_threads
 
 
+class EventLoopGaps:
+    """A 10 ms timer that records the milliseconds between its ticks while it runs."""
+
+    def __init__(self) -> None:
+        self.gaps: list[int] = []
+        self._clock = QElapsedTimer()
+        self._last = 0
+        self._timer = QTimer()
+        self._timer.setInterval(10)
+        self._timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = self._clock.elapsed()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def start(self) -> None:
+        self._clock.start()
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+
 def session_files(window) -> list[str]:
     return sorted(p.name for p in window._session.iterdir())
 
@@ -49,25 +73,14 @@ def test_cancel_stops_within_a_second_and_leaves_nothing(window, qtbot, big):
 @pytest.mark.slow
 def test_event_loop_never_stalls_during_a_long_merge(window, qtbot, big):
     """A 10 ms timer keeps firing while the merge runs: no gap over 100 ms."""
-    gaps: list[float] = []
-    clock = QElapsedTimer()
-    last = [0]
-
-    def tick() -> None:
-        now = clock.elapsed()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
+    ticker = EventLoopGaps()
     load_big(window, big)
-    clock.start()
-    timer.start()
+    ticker.start()
     t0 = time.monotonic()
     result = merge(window, qtbot, timeout=120_000)
     took = time.monotonic() - t0
-    timer.stop()
+    ticker.stop()
+    gaps = ticker.gaps
     assert result is not None
     assert took > 1.0, f"the merge took only {took:.2f} s; the test needs a longer one"
     assert len(gaps) > 50
@@ -135,24 +148,13 @@ def test_event_loop_never_stalls_during_weight_matching(window, qtbot, tmp_path)
         paths.append(save_tiny(tmp_path / f"wide_{seed}.safetensors", state))
     window.method.set_method("weight_matching")
     assert not window.add_models(paths)
-    gaps: list[float] = []
-    clock = QElapsedTimer()
-    last = [0]
-
-    def tick() -> None:
-        now = clock.elapsed()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
-    clock.start()
-    timer.start()
+    ticker = EventLoopGaps()
+    ticker.start()
     t0 = time.monotonic()
     result = merge(window, qtbot, timeout=120_000)
     took = time.monotonic() - t0
-    timer.stop()
+    ticker.stop()
+    gaps = ticker.gaps
     assert result is not None
     assert took > 1.0, f"weight matching took only {took:.2f} s; the test needs a longer one"
     print(f"weight matching {took:.2f} s, {len(gaps)} ticks, longest gap {max(gaps[1:])} ms")
