@@ -37,9 +37,11 @@ from core.alignment.warm_start import as_permutation, usable_prices
 
 # Candidate columns kept per row. 8 was fastest on weight-matching costs at n = 512-4096.
 LIST_SIZE = 8
-# ε-scaling: start at span/20 cold, at span·1e-5 warm, divide by 8 per phase down to
+# ε-scaling: start at span·2e-3 cold, at span·1e-5 warm, divide by 8 per phase down to
 # span·1e-6 (tuned on weight-matching costs; the exact finish repairs whatever slack is left).
-_EPS_COLD = 0.05
+# A cold start begins from column-mean prices (see `_cold_prices`), already close to the
+# final ones, which is why its first ε can be small.
+_EPS_COLD = 2e-3
 _EPS_WARM = 1e-5
 _EPS_FINAL = 1e-6
 _THETA = 8.0
@@ -48,6 +50,9 @@ _THETA = 8.0
 _MAX_BIDS_PER_ROW = 200
 # Candidates per row above which the sparse finish loses to a dense scipy solve.
 _DENSE_FINISH = 64
+# Integer scores spanning at most this many times n hold ties everywhere; the auction
+# wanders among them (0.5 s at n = 2048 with values 0..99, where scipy takes 0.09 s).
+_TIE_SPAN = 4
 
 
 def solve(
@@ -68,7 +73,7 @@ def solve(
     n = a.shape[0]
     if a.shape != (n, n) or n == 0:
         raise ValueError(f"the auction solver needs a non-empty square matrix, got {a.shape}")
-    lo, hi = _value_range(a)
+    lo, hi, integral = _value_range(a)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("the assignment score contains NaN or infinite values")
     span = hi - lo
@@ -77,9 +82,12 @@ def solve(
     eps = _schedule(lo, hi, warm=True)
     if not (np.isfinite(span) and eps[-1] > 0.0):  # overflowing or subnormal range
         return _scipy(a), np.zeros(n)
+    if integral and span <= _TIE_SPAN * n:
+        return _scipy(a), np.zeros(n)  # a few distinct integers: ties everywhere
     price, assign = _warm_start(prices, perm, n, span)
     warm = bool(assign[0] >= 0)
     if not warm:
+        price = _cold_prices(a)
         eps = _schedule(lo, hi, warm=False)
     if not _auction(a, price, assign, eps, LIST_SIZE, _MAX_BIDS_PER_ROW * n):
         assign = np.full(n, -1, dtype=np.int64)  # stalled: scipy below
@@ -153,18 +161,46 @@ _jit = njit(nogil=True, cache=True)
 
 @_jit
 def _value_range(a):
+    """Smallest and largest score (NaN if any is NaN), and whether all are integers."""
     lo = np.inf
     hi = -np.inf
+    integral = True
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
             x = a[i, j]
             if x != x:
-                return np.nan, np.nan
+                return np.nan, np.nan, False
             if x < lo:
                 lo = x
             if x > hi:
                 hi = x
-    return float(lo), float(hi)
+            if integral and x != np.floor(x):
+                integral = False
+    return float(lo), float(hi), integral
+
+
+@_jit
+def _cold_prices(a):
+    """Column means, shifted to start at 0: the prices a cold auction starts from.
+
+    Adding a constant to a column does not change which assignment is optimal, but a
+    column that scores high for every row (a unit with large weights, common in weight
+    matching) starts a price war among all rows when prices start at 0. Its mean is a
+    first estimate of its price: measured 3× fewer cold-solve bids on ResNet costs, and
+    as fast or faster on every other class tried (Gaussian, low-rank, geometric)."""
+    n = a.shape[0]
+    price = np.zeros(n)
+    for i in range(n):
+        for j in range(n):
+            price[j] += a[i, j]
+    low = np.inf
+    for j in range(n):
+        price[j] /= n
+        if price[j] < low:
+            low = price[j]
+    for j in range(n):
+        price[j] -= low
+    return price
 
 
 @_jit

@@ -60,7 +60,9 @@ def test_a_misleading_warm_start_does_not_change_the_answer():
     assert value(score, perm) == pytest.approx(best(score), rel=1e-13)
 
 
-@pytest.mark.parametrize("kind", ["all_equal", "integer_ties", "duplicate_rows", "one_hot"])
+@pytest.mark.parametrize(
+    "kind", ["all_equal", "integer_ties", "fraction_ties", "duplicate_rows", "one_hot"]
+)
 def test_degenerate_scores(kind):
     rng = np.random.default_rng(9)
     n = 120
@@ -68,6 +70,8 @@ def test_degenerate_scores(kind):
         score = np.full((n, n), 3.0)
     elif kind == "integer_ties":
         score = rng.integers(0, 3, size=(n, n)).astype(np.float64)
+    elif kind == "fraction_ties":  # as tie-heavy, but not integers: the auction solves it
+        score = rng.integers(0, 3, size=(n, n)) / 3.0
     elif kind == "duplicate_rows":
         score = np.repeat(rng.normal(size=(1, n)), n, axis=0)
     else:
@@ -76,6 +80,28 @@ def test_degenerate_scores(kind):
     perm, _ = auction_lap.solve(score)
     assert sorted(perm.tolist()) == list(range(n))
     assert value(score, perm) == pytest.approx(best(score), abs=1e-9)
+
+
+def test_few_distinct_integers_go_to_scipy(monkeypatch):
+    """Integer scores with a span ≤ 4n tie everywhere, where the auction wanders: scipy
+    solves them directly. A wider integer range is still the auction's."""
+    calls = []
+    real = auction_lap._auction
+    monkeypatch.setattr(auction_lap, "_auction", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(13)
+    n = 150
+    ties = rng.integers(0, 100, size=(n, n)).astype(np.float64)
+    perm, _ = auction_lap.solve(ties)
+    assert value(ties, perm) == best(ties) and not calls
+    wide = rng.integers(0, 10**6, size=(n, n)).astype(np.float64)
+    perm, _ = auction_lap.solve(wide)
+    assert value(wide, perm) == best(wide) and calls
+
+
+def test_cold_prices_are_shifted_column_means():
+    score = np.array([[1.0, 5.0, 0.0], [3.0, 7.0, 2.0], [2.0, 0.0, 4.0]])
+    # column means 2, 4, 2, shifted by the smallest
+    assert auction_lap._cold_prices(score) == pytest.approx([0.0, 2.0, 0.0])
 
 
 def test_tiny_differences_on_a_large_offset():
