@@ -73,7 +73,7 @@ def solve(
     n = a.shape[0]
     if a.shape != (n, n) or n == 0:
         raise ValueError(f"the auction solver needs a non-empty square matrix, got {a.shape}")
-    lo, hi, integral = _value_range(a)
+    lo, hi = _value_range(a)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("the assignment score contains NaN or infinite values")
     span = hi - lo
@@ -82,16 +82,22 @@ def solve(
     eps = _schedule(lo, hi, warm=True)
     if not (np.isfinite(span) and eps[-1] > 0.0):  # overflowing or subnormal range
         return _scipy(a), np.zeros(n)
-    if integral and span <= _TIE_SPAN * n:
+    if span <= _TIE_SPAN * n and _all_integers(a):
         return _scipy(a), np.zeros(n)  # a few distinct integers: ties everywhere
     price, assign = _warm_start(prices, perm, n, span)
     warm = bool(assign[0] >= 0)
     if not warm:
         price = _cold_prices(a)
         eps = _schedule(lo, hi, warm=False)
-    if not _auction(a, price, assign, eps, LIST_SIZE, _MAX_BIDS_PER_ROW * n):
-        assign = np.full(n, -1, dtype=np.int64)  # stalled: scipy below
-    return make_exact(a, price, assign)
+    k = min(LIST_SIZE, n - 1)
+    cand, tau = np.empty((n, k), np.int64), np.empty(n)
+    if not _auction(a, price, assign, eps, cand, tau, _MAX_BIDS_PER_ROW * n):
+        return _scipy(a), price  # stalled
+    candidates = _listed_candidates(a, price, assign, cand, tau)
+    if len(candidates[3]) > _DENSE_FINISH * n:
+        return _scipy(a), price
+    _finish(a, price, assign, *candidates)
+    return assign, price
 
 
 def _warm_start(
@@ -159,24 +165,20 @@ def _schedule(lo: float, hi: float, warm: bool) -> np.ndarray:
 _jit = njit(nogil=True, cache=True)
 
 
+def _value_range(a: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest score; NaN if any score is NaN (numpy's min/max propagate it,
+    and run vectorized: half the time of a compiled loop)."""
+    return float(a.min()), float(a.max())
+
+
 @_jit
-def _value_range(a):
-    """Smallest and largest score (NaN if any is NaN), and whether all are integers."""
-    lo = np.inf
-    hi = -np.inf
-    integral = True
+def _all_integers(a):
+    """Whether every score is a whole number (stops at the first that is not)."""
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
-            x = a[i, j]
-            if x != x:
-                return np.nan, np.nan, False
-            if x < lo:
-                lo = x
-            if x > hi:
-                hi = x
-            if integral and x != np.floor(x):
-                integral = False
-    return float(lo), float(hi), integral
+            if a[i, j] != np.floor(a[i, j]):
+                return False
+    return True
 
 
 @_jit
@@ -251,11 +253,13 @@ def _best_two(a, price, i, cand, tau, k):
 
 
 @_jit
-def _auction(a, price, assign, eps_steps, list_size, max_bids):
+def _auction(a, price, assign, eps_steps, cand, tau, max_bids):
+    """Run the ε-scaling phases in place; False if the bid cap was hit.
+
+    `cand` (n×k) and `tau` (n) are the rows' candidate lists and bounds, filled here and
+    left for the finish (`_listed_candidates`)."""
     n = a.shape[0]
-    k = min(list_size, n - 1)
-    cand = np.empty((n, k), np.int64)
-    tau = np.empty(n)
+    k = cand.shape[1]
     owner = np.full(n, -1, np.int64)
     for i in range(n):
         if assign[i] >= 0:
@@ -340,7 +344,7 @@ def _heap_pop(keys, vals, size):
 
 @_jit
 def _candidates(a, price, assign):
-    """Row profits, slack rows, and the CSR entries whose reduced cost is ≤ total slack."""
+    """Row profits, slacks, and the CSR entries whose reduced cost is ≤ total slack."""
     n = a.shape[0]
     profit = np.empty(n)
     slack = np.empty(n)
@@ -352,24 +356,77 @@ def _candidates(a, price, assign):
                 best = t
         profit[i] = best
         slack[i] = best - (a[i, assign[i]] - price[assign[i]])
-    gap = slack.sum()
-    indptr = np.zeros(n + 1, np.int64)
+    listed = np.zeros(n, np.bool_)
+    indptr, indices, cost = _csr(a, price, profit, slack.sum(), np.empty((n, 0), np.int64), listed)
+    return profit, slack, indptr, indices, cost
+
+
+@_jit
+def _listed_candidates(a, price, assign, cand, tau):
+    """`_candidates`, reading whole rows only where the auction's lists cannot vouch.
+
+    After the auction every row i has a list of columns and a bound tau[i] that no
+    unlisted column's value (score − price) exceeds, since prices only rose after the
+    list was made. So when the best listed value is ≥ tau[i] it is the row's profit, and
+    when profit − tau[i] exceeds the total slack G no unlisted column can have a reduced
+    cost ≤ G: that row's candidates are among its listed ones (its assigned column too,
+    whose reduced cost is its slack ≤ G). On weight-matching costs nearly every row
+    qualifies, which saves two passes over the matrix (~6 ms per solve at n = 2048)."""
+    n = a.shape[0]
+    profit = np.empty(n)
+    slack = np.empty(n)
+    listed = np.ones(n, np.bool_)
     for i in range(n):
-        cnt = 0
-        for j in range(n):
-            if profit[i] - (a[i, j] - price[j]) <= gap:
-                cnt += 1
-        indptr[i + 1] = indptr[i] + cnt
+        best = -np.inf
+        for q in range(cand.shape[1]):
+            j = cand[i, q]
+            best = max(best, a[i, j] - price[j])
+        if best < tau[i]:  # an unlisted column may be better: read the row
+            listed[i] = False
+            for j in range(n):
+                best = max(best, a[i, j] - price[j])
+        profit[i] = best
+        slack[i] = best - (a[i, assign[i]] - price[assign[i]])
+    gap = slack.sum()
+    for i in range(n):
+        if profit[i] - tau[i] <= gap:
+            listed[i] = False
+    indptr, indices, cost = _csr(a, price, profit, gap, cand, listed)
+    return profit, slack, indptr, indices, cost
+
+
+@_jit
+def _csr(a, price, profit, gap, cand, listed):
+    """Entries with reduced cost ≤ gap as CSR (column, −score): from row i's list where
+    listed[i], else from its whole row. Counted first, then filled."""
+    n = a.shape[0]
+    every = np.arange(n)
+    indptr = np.zeros(n + 1, np.int64)
+    none_i, none_c = np.empty(0, np.int64), np.empty(0)
+    for i in range(n):
+        cols = cand[i] if listed[i] else every
+        found = _row_entries(a, price, i, profit[i], gap, cols, none_i, none_c, 0, False)
+        indptr[i + 1] = indptr[i] + found
     indices = np.empty(indptr[n], np.int64)
     cost = np.empty(indptr[n])
     for i in range(n):
-        p = indptr[i]
-        for j in range(n):
-            if profit[i] - (a[i, j] - price[j]) <= gap:
+        cols = cand[i] if listed[i] else every
+        _row_entries(a, price, i, profit[i], gap, cols, indices, cost, indptr[i], True)
+    return indptr, indices, cost
+
+
+@_jit
+def _row_entries(a, price, i, row_profit, gap, cols, indices, cost, start, fill):
+    """Count (or, with `fill`, also store from `start`) row i's columns among `cols`
+    whose reduced cost is ≤ gap."""
+    p = start
+    for j in cols:
+        if row_profit - (a[i, j] - price[j]) <= gap:
+            if fill:
                 indices[p] = j
                 cost[p] = -a[i, j]
-                p += 1
-    return profit, slack, indptr, indices, cost
+            p += 1
+    return p - start
 
 
 @_jit

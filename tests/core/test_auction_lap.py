@@ -104,6 +104,52 @@ def test_cold_prices_are_shifted_column_means():
     assert auction_lap._cold_prices(score) == pytest.approx([0.0, 2.0, 0.0])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_are_refused(bad):
+    score = np.random.default_rng(14).normal(size=(40, 40)).astype(np.float32)
+    score[39, 17] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        auction_lap.solve(score)
+
+
+@pytest.mark.parametrize("start", ["cold", "warm", "coarse"])
+def test_listed_candidates_equal_a_full_scan(start):
+    """The finish reads only the auction's candidate lists where their bounds vouch for the
+    rest of the row: it must find exactly the entries a scan of every row finds. A coarse
+    final ε leaves a large total slack, so that rows whose lists cannot vouch occur too."""
+    rng = np.random.default_rng(15)
+    vouched = unvouched = 0
+    for trial in range(6):
+        n = int(rng.integers(20, 300))
+        score = similarity(rng, n, int(rng.integers(2, 80)))
+        if trial % 2:
+            score = score + 3.0 * rng.normal(size=(1, n))  # strong column effects
+        price, assign = auction_lap._cold_prices(score), np.full(n, -1, dtype=np.int64)
+        if start == "warm":
+            _, price = auction_lap.solve(score + 0.05 * rng.normal(size=(n, n)))
+            assign = rng.permutation(n)
+        lo, hi = auction_lap._value_range(score)
+        steps = auction_lap._schedule(lo, hi, warm=start == "warm")
+        if start == "coarse":
+            steps = steps[:1]
+        cand, tau = np.empty((n, auction_lap.LIST_SIZE), np.int64), np.empty(n)
+        assert auction_lap._auction(score, price, assign, steps, cand, tau, 200 * n)
+        full = auction_lap._candidates(score, price, assign)
+        listed = auction_lap._listed_candidates(score, price, assign, cand, tau.copy())
+        np.testing.assert_array_equal(listed[0], full[0])  # profits
+        np.testing.assert_array_equal(listed[1], full[1])  # slacks
+        np.testing.assert_array_equal(listed[2], full[2])  # CSR row starts
+        for i in range(n):
+            row = slice(full[2][i], full[2][i + 1])
+            assert sorted(listed[3][row]) == sorted(full[3][row])
+        margin_ok = full[0] - tau > full[1].sum()
+        vouched += int(margin_ok.sum())
+        unvouched += int((~margin_ok).sum())
+    assert vouched > 0
+    if start == "coarse":
+        assert unvouched > 0
+
+
 def test_tiny_differences_on_a_large_offset():
     """Price steps of span·1e-6 would vanish in rounding next to 1e6: the ε floor keeps the
     auction moving (it finishes within a few bids per row instead of running into its cap)."""
@@ -111,7 +157,8 @@ def test_tiny_differences_on_a_large_offset():
     score = 1e6 + 1e-9 * np.random.default_rng(12).normal(size=(n, n))
     steps = auction_lap._schedule(float(score.min()), float(score.max()), warm=False)
     price, assign = np.zeros(n), np.full(n, -1, dtype=np.int64)
-    assert auction_lap._auction(score, price, assign, steps, auction_lap.LIST_SIZE, 20 * n)
+    cand, tau = np.empty((n, auction_lap.LIST_SIZE), np.int64), np.empty(n)
+    assert auction_lap._auction(score, price, assign, steps, cand, tau, 20 * n)
     perm, _ = auction_lap.solve(score)
     assert value(score, perm) == pytest.approx(best(score), abs=1e-9)
 
