@@ -40,7 +40,9 @@ from core.errors import MergerError
 from core.jobs import Progress
 
 SKIPPED_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-# Incremental updates beyond this fraction of changed positions are recomputed instead.
+# A group whose incremental update would redo more than this fraction of a full recompute's
+# work (products weighted by size) is recomputed instead: the update gathers three times
+# what a recompute gathers once.
 _FULL_RECOMPUTE_FRACTION = 0.75
 
 
@@ -289,8 +291,14 @@ class _Problem:
         The cost is then A_rows @ B_cols. B is cached transposed, units last, so permuting
         another axis gathers contiguous runs of at least n values; the straightforward
         order (gather on the original layout, then move the axis to the front) copies
-        twice and gathers runs as short as a conv kernel (9 values)."""
+        twice and gathers runs as short as a conv kernel (9 values).
+
+        With nothing to permute (every neighbour still the identity, common in the first
+        sweep) and the units on the leading axis, B's rows are a view of B: its transpose
+        is used as is, and no transposed copy is made until one is needed."""
         key = (t, ax)
+        if ax == 0 and key not in self._b_transposed and not self._gathers(t, ax, perms):
+            return _unfold(self.b[t], 0, self.spec.block(t, 0)).T
         cols = self._b_transposed.get(key)
         if cols is None:
             n = self.b[t].shape[ax] // self.spec.block(t, ax)
@@ -303,6 +311,13 @@ class _Problem:
                 dim = other + 1 if other < ax else other
                 cols = cols.index_select(dim, self._index(t, other, perms[q]))
         return cols.reshape(-1, cols.shape[-1])
+
+    def _gathers(self, t: str, ax: int, perms: Mapping[str, torch.Tensor]) -> bool:
+        """Whether B's tensor t needs a permutation on an axis other than `ax`."""
+        return any(
+            other != ax and q in perms and not self._is_identity(perms[q])
+            for other, q in self.spec.axes_of(t)
+        )
 
     def _is_identity(self, perm: torch.Tensor) -> bool:
         n = len(perm)
@@ -321,13 +336,34 @@ class _Problem:
         changed = {q: pos for q, pos in changed.items() if len(pos) > 0}
         if not changed:
             return False
-        if any(len(pos) > _FULL_RECOMPUTE_FRACTION * len(perms[q]) for q, pos in changed.items()):
+        if self._update_work(g, changed, perms) > _FULL_RECOMPUTE_FRACTION:
             self.cost[g] = self._full_cost(g, perms)
         else:
             for t, ax in self.entries[g]:
                 self._apply_delta(g, t, ax, snap, perms, changed)
         self._take_snapshot(g, perms)
         return True
+
+    def _update_work(
+        self, g: str, changed: Mapping[str, torch.Tensor], perms: Mapping[str, torch.Tensor]
+    ) -> float:
+        """An incremental update's work as a fraction of a full recompute's.
+
+        Entry (t, ax)'s product costs ∝ t's size; its update ∝ that times the fraction of
+        positions changed on t's other axes. So a neighbour that changed completely but
+        touches one small entry does not force the group's big unchanged products to be
+        redone."""
+        total = work = 0.0
+        for t, ax in self.entries[g]:
+            size = float(self.a[t].numel())
+            fraction = sum(
+                len(changed[q]) / len(perms[q])
+                for other, q in self.spec.axes_of(t)
+                if other != ax and q in changed
+            )
+            total += size
+            work += size * min(1.0, fraction)
+        return work / total if total else 0.0
 
     def _apply_delta(
         self,
