@@ -7,6 +7,7 @@ wants it, in the format, dtype and shard size they pick.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -24,9 +25,14 @@ def export_checkpoint(
     dtype: str | None = None,
     shard_size: int | None = None,
     overwrite: bool = False,
+    protect: Sequence[str | Path] = (),
     progress: Progress | None = None,
 ) -> list[Path]:
-    """Copy a checkpoint to another path/format/dtype, streaming, keeping its metadata."""
+    """Copy a checkpoint to another path/format/dtype, streaming, keeping its metadata.
+
+    Never writes over `src`, the paths in `protect`, or the input models named by the
+    recipe stored in `src` (a merged model exported next to its inputs must not replace
+    one of them, even when the user allows overwriting)."""
     progress = progress or Progress()
     with open_checkpoint(src) as ckpt:
         target = TORCH_DTYPES[dtype] if dtype else None
@@ -54,7 +60,7 @@ def export_checkpoint(
             plan,
             metadata=metadata,
             shard_size=shard_size,
-            protect=[str(src)],
+            protect=[str(src), *protect, *_recipe_inputs(metadata)],
             overwrite=overwrite,
             extra_files=extra,
         ) as writer:
@@ -69,3 +75,15 @@ def export_checkpoint(
                 compute_dtype=torch.float64 if wide else torch.float32,
             )
             return writer.commit()
+
+
+def _recipe_inputs(metadata: dict[str, str]) -> list[str]:
+    """The model paths named by a stored recipe (none if there is none or it is unreadable:
+    the recipe is only a record here, and the caller's `protect` still applies)."""
+    text = metadata.get("merger_recipe")
+    if not text:
+        return []
+    try:
+        return Recipe.from_yaml(text).model_paths()
+    except Exception:  # noqa: BLE001 - a damaged record must not stop the export
+        return []

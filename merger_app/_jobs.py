@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +51,28 @@ def merge_job(
 
 
 def export_job(
-    src: Path, out: Path, *, dtype: str | None, shard_size: int | None, overwrite: bool
+    src: Path,
+    out: Path,
+    *,
+    dtype: str | None,
+    shard_size: int | None,
+    overwrite: bool,
+    protect: Sequence[str | Path] = (),
 ) -> Job:
-    """Copy the merged model to the user's path, format, dtype and shard size."""
+    """Copy the merged model to the user's path, format, dtype and shard size, never over
+    `protect` (the models in the window) or the merge's inputs."""
 
     def job(progress: Progress):
         from core.merge import export_checkpoint
 
         return export_checkpoint(
-            src, out, dtype=dtype, shard_size=shard_size, overwrite=overwrite, progress=progress
+            src,
+            out,
+            dtype=dtype,
+            shard_size=shard_size,
+            overwrite=overwrite,
+            protect=protect,
+            progress=progress,
         )
 
     return job

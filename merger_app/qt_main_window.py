@@ -251,6 +251,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
             dtype=options.dtype,
             shard_size=options.shard_size,
             overwrite=overwrite,
+            protect=[r.path for r in self.models.model.rows()],
         )
 
         def done(files) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from app_helpers import load_demo, load_for_method, merge, save
+from app_helpers import load_demo, load_for_method, merge, save, wait_idle
 from safetensors.numpy import load_file
 
 from core.checkpoints import open_checkpoint
@@ -98,6 +98,27 @@ def test_save_as_sharded_float16_folder(window, qtbot, tiny, tmp_path):
     for name in merged:
         assert saved[name].dtype == np.float16
         np.testing.assert_array_equal(saved[name], merged[name].astype(np.float16))
+
+
+@pytest.mark.parametrize("which", ["recipe input", "model in the window"])
+def test_save_never_replaces_an_input_model_even_when_allowed(window, qtbot, tiny, which):
+    """Saving over an input (after the user said Yes to "Replace?") is refused, and the input
+    keeps its bytes: the merge's own inputs, and any other model listed in the window."""
+    load_for_method(window, tiny, "task_arithmetic")
+    assert merge(window, qtbot) is not None
+    rows = window.models.model.rows()
+    if which == "model in the window":  # listed after the merge, so not in its recipe
+        target = tiny.seeds[0]
+        rows.append(type(rows[0])(path=str(target), name=target.stem))
+        window.models.model.set_rows(rows)
+    else:
+        target = tiny.base
+    before = target.read_bytes()
+    assert window.save_to(SaveOptions(target), overwrite=True)
+    wait_idle(window, qtbot)
+    assert not window.saved
+    assert window.last_error is not None and "one of the input models" in window.last_error.text()
+    assert target.read_bytes() == before
 
 
 def qtbot_orientation():
