@@ -173,11 +173,16 @@ class _Tracer:
         return self.groups()
 
     def non_tensor(self, node: fx.Node) -> None:
-        """Sizes and shapes (`x.size(0)`) are fine; anything else without a tensor result is not."""
+        """Sizes and shapes (`x.size(0)`, `x.shape[0]`) are fine; anything else without a
+        tensor result is not."""
         if node.op == "call_method" and node.target in ("size", "dim"):
             return
         if node.op == "call_function" and node.target is getattr:
             return
+        if node.op == "call_function" and node.target is operator.getitem:
+            source = node.args[0]
+            if isinstance(source, fx.Node) and source not in self.features:
+                return  # indexing a shape or a size, not an activation
         raise self.refuse(node, self.describe(node), "not supported: its result is not one tensor")
 
     def call_module(self, node: fx.Node) -> None:
@@ -207,7 +212,7 @@ class _Tracer:
             self.pass_through(node, src, what)
             if isinstance(sub, ELEMENTWISE_MODULES) and not isinstance(sub, _NOT_ACTIVATIONS):
                 self.activation_modules.append((target, src.key))
-        elif isinstance(sub, nn.Flatten):
+        elif isinstance(sub, nn.Flatten | nn.Unflatten):
             self.reshape(node, src, what)
         elif isinstance(sub, nn.Softmax | nn.LogSoftmax):
             self.softmax(node, src, sub.dim, what)
@@ -264,7 +269,10 @@ class _Tracer:
         """Flatten (N, C, *S) to (N, C·|S|): the feature axis keeps its key, block × |S|.
 
         Reshapes that keep (N, C) and only regroup the trailing dims (squeeze after a
-        global pool) keep the feature axis as it is; any other reshape is refused.
+        global pool) keep the feature axis as it is. A tensor still derived from the
+        network's input alone (its axes are never permuted) may be reshaped freely as
+        long as the batch stays, as models that take flat vectors and view them as images
+        do. Any other reshape is refused.
         """
         before = self.shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
         after = self.shape(node)
@@ -272,12 +280,19 @@ class _Tracer:
             raise self.refuse(node, what, "the shapes are unknown")
         same_batch = len(before) >= 2 and len(after) >= 2 and after[0] == before[0]
         spatial = prod(before[2:])
-        if same_batch and after[1] == before[1] and prod(after[2:]) == spatial:
+        if after and before and after[0] == before[0] and self.is_input(src):
+            self.features[node] = _Feature(src.key)
+        elif same_batch and after[1] == before[1] and prod(after[2:]) == spatial:
             self.features[node] = _Feature(src.key, src.block)  # only trailing dims change
         elif same_batch and len(after) == 2 and after[1] == before[1] * spatial:
             self.features[node] = _Feature(src.key, src.block * spatial)
         else:
             raise self.refuse(node, what, f"a reshape from {list(before)} to {list(after)}")
+
+    def is_input(self, feature: _Feature) -> bool:
+        """Whether this feature axis is (so far) the network input's, which is never permuted."""
+        root = self.uf.find(feature.key)
+        return any(self.uf.find(k) == root for k in self.fixed)
 
     def call_function(self, node: fx.Node) -> None:
         fn = node.target

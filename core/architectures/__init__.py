@@ -58,13 +58,15 @@ def detect_family(shapes: Shapes) -> str:
 
 
 def resolve_architecture(
-    arch: str | None, state: State, *, allow_code: bool = True
+    arch: str | None, state: State, *, allow_code: bool = True, need_spec: bool = True
 ) -> Architecture:
     """Spec (sizes filled in) and builder for `state`, from `arch` as described above.
 
     An empty `arch` or "auto" means the same as None: detect the family. With
     `allow_code=False` a `file.py:factory` reference is refused instead of imported (for
     `arch` values read from files the user did not type, such as downloaded recipes).
+    With `need_spec=False` (evaluation) a user's model is built without tracing its spec,
+    which is then empty.
     """
     if arch is not None and arch.strip().lower() in ("", "auto"):
         arch = None
@@ -76,7 +78,7 @@ def resolve_architecture(
             )
         from core.architectures.custom import load_custom
 
-        return load_custom(arch, state)
+        return load_custom(arch, state, trace=need_spec)
     shapes = shapes_of(state)
     name, option = (detect_family(shapes), "") if arch is None else _split(arch)
     family = FAMILIES[name]

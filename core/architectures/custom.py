@@ -8,36 +8,51 @@ broken merge, so we refuse instead.
 The example input used for tracing comes from, in order: an `example_input` attribute
 of the model, a module-level `example_input` in the file (a tensor, or a function
 returning one), or a guess from the first layer (Linear → (2, in_features); Conv2d →
-(2, in_channels, 32, 32)).
+(2, in_channels, 32, 32)). A guessed shape is not claimed as the model's input shape,
+and an error while tracing with it says that it was a guess.
+
+The file's own folder is importable while it loads and while its factory runs, so a
+model file can import its neighbours (`from nets import MyNet`), as when run as a script.
+
+Evaluation needs only the module: `load_custom(..., trace=False)` builds and loads it
+without tracing a spec (a model may well run on data but be beyond the tracer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch import nn
 
+from core.alignment.spec import PermutationSpec
 from core.alignment.tracing import trace_spec
 from core.architectures.base import Architecture, State
 from core.errors import MergerError
 
 
-def load_custom(arch: str, state: State) -> Architecture:
-    """Resolve `path.py:factory` against `state`: build, load, trace and self-test."""
+def load_custom(arch: str, state: State, *, trace: bool = True) -> Architecture:
+    """Resolve `path.py:factory` against `state`: build, load, trace and self-test.
+
+    With `trace=False` the spec is left empty (for evaluation, which only builds)."""
     path_text, _, factory_name = arch.rpartition(":")
     path = Path(path_text).expanduser()
-    module = _import(path)
-    model = _call_factory(module, factory_name, path)
+    with _importable_folder(path.parent):
+        module = _import(path)
+        model = _call_factory(module, factory_name, path)
     _load_strict(model, state, path)
-    example = _example_input(module, model, path)
-    spec = trace_spec(model, example).infer_sizes(state)
-    spec.self_test(model, state, example)
+    example, guessed = _example_input(module, model, path)
+    spec = PermutationSpec({})
+    notes = ["spec not traced (evaluation only)"]
+    if trace:
+        spec = _traced_spec(model, state, example, guessed, path)
+        notes = [f"spec traced with torch.fx: {len(spec.groups)} permutation groups"]
     template = copy.deepcopy(model)
 
     def build(weights: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -49,9 +64,45 @@ def load_custom(arch: str, state: State) -> Architecture:
         name=f"{path.name}:{factory_name}",
         spec=spec,
         build=build,
-        input_shape=tuple(example.shape[1:]),
-        notes=[f"spec traced with torch.fx: {len(spec.groups)} permutation groups"],
+        # a guess is the input shape once the model has run on it (traced and self-tested)
+        input_shape=None if guessed and not trace else tuple(example.shape[1:]),
+        notes=notes,
     )
+
+
+def _traced_spec(
+    model: nn.Module, state: State, example: torch.Tensor, guessed: bool, path: Path
+) -> PermutationSpec:
+    """The traced, self-tested spec; an error after a guessed input shape says so."""
+    try:
+        spec = trace_spec(model, example).infer_sizes(state)
+        spec.self_test(model, state, example)
+    except MergerError as exc:
+        if not guessed:
+            raise
+        raise MergerError(
+            exc.message,
+            file=exc.file or path,
+            tensor=exc.tensor,
+            hint=f"the input shape {list(example.shape)} was guessed from the model's first "
+            f"layer; if the model takes another, define example_input = torch.randn(2, ...) "
+            f"in {path.name}",
+        ) from exc
+    return spec
+
+
+@contextlib.contextmanager
+def _importable_folder(folder: Path) -> Iterator[None]:
+    """Put the model file's folder first on sys.path while its code runs."""
+    entry = str(folder.resolve())
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
 
 
 def _import(path: Path) -> ModuleType:
@@ -103,7 +154,8 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path
         ) from exc
 
 
-def _example_input(module: ModuleType, model: nn.Module, path: Path) -> torch.Tensor:
+def _example_input(module: ModuleType, model: nn.Module, path: Path) -> tuple[torch.Tensor, bool]:
+    """The example input for tracing, and whether it was guessed from the first layer."""
     given = getattr(model, "example_input", None)
     if given is None:
         given = getattr(module, "example_input", None)
@@ -112,14 +164,14 @@ def _example_input(module: ModuleType, model: nn.Module, path: Path) -> torch.Te
     if given is not None:
         if not torch.is_tensor(given):
             raise MergerError("example_input must be a tensor (with a batch dim)", file=path)
-        return given
+        return given, False
     for layer in model.modules():
         if isinstance(layer, nn.Linear):
-            return torch.randn(2, layer.in_features)
+            return torch.randn(2, layer.in_features), True
         if isinstance(layer, nn.Conv2d):
-            return torch.randn(2, layer.in_channels, 32, 32)
+            return torch.randn(2, layer.in_channels, 32, 32), True
         if isinstance(layer, nn.Conv1d):
-            return torch.randn(2, layer.in_channels, 32)
+            return torch.randn(2, layer.in_channels, 32), True
     raise MergerError(
         "cannot guess the model's input shape",
         file=path,

@@ -125,3 +125,99 @@ def test_code_references_can_be_refused(model_file):
     state, _ = _state(model_file)
     with pytest.raises(MergerError, match="would import and run that Python file"):
         resolve_architecture(f"{model_file}:make", state, allow_code=False)
+
+
+FLAT_INPUT_FILE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class FlatToImage(nn.Module):
+        '''Takes digits as 64 features and views them as 8x8 images, as users' models do.'''
+
+        def __init__(self, how):
+            super().__init__()
+            self.how = how
+            self.unflatten = nn.Unflatten(1, (1, 8, 8))
+            self.conv = nn.Conv2d(1, 6, 3, padding=1)
+            self.bn = nn.BatchNorm2d(6)
+            self.hidden = nn.Linear(6 * 4 * 4, 12)
+            self.out = nn.Linear(12, 10)
+
+        def forward(self, x):
+            if self.how == "view":
+                x = x.view(-1, 1, 8, 8)
+            elif self.how == "reshape":
+                x = x.reshape(x.shape[0], 1, 8, 8)
+            else:
+                x = self.unflatten(x)
+            x = nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+            return self.out(torch.relu(self.hidden(torch.flatten(x, 1))))
+
+    def by_view():
+        return FlatToImage("view")
+
+    def by_reshape():
+        return FlatToImage("reshape")
+
+    def by_unflatten():
+        return FlatToImage("unflatten")
+
+    example_input = torch.randn(2, 64)
+    """
+)
+
+
+@pytest.mark.parametrize("factory", ["by_view", "by_reshape", "by_unflatten"])
+def test_a_flat_input_viewed_as_an_image_is_traced(tmp_path, factory):
+    """Reshaping the network's own input is harmless (its axes are never permuted): the
+    spec permutes the conv's channels and the hidden units, and passes the self-test."""
+    path = tmp_path / "flat.py"
+    path.write_text(FLAT_INPUT_FILE)
+    state, original = _state(path, factory)
+    arch = resolve_architecture(f"{path}:{factory}", state)
+    assert set(arch.spec.groups) == {"P_conv", "P_hidden"}
+    assert arch.spec.blocks == {("hidden.weight", 1): 16}
+    assert arch.input_shape == (64,)
+    x = torch.randn(5, 64)
+    permuted = arch.spec.apply(state, arch.spec.random(3))
+    assert torch.allclose(arch.build(permuted)(x), original(x), atol=1e-5)
+
+
+def test_a_reshape_that_mixes_hidden_units_is_still_refused(tmp_path):
+    path = tmp_path / "mix.py"
+    path.write_text(
+        FLAT_INPUT_FILE.replace(
+            "return self.out(torch.relu(self.hidden(torch.flatten(x, 1))))",
+            "return self.out(torch.relu(self.hidden(x.reshape(x.shape[0], 16, 6).flatten(1))))",
+        )
+    )
+    state, _ = _state(path, "by_view")
+    with pytest.raises(MergerError, match=r"a reshape from \[2, 6, 4, 4\] to \[2, 16, 6\]"):
+        resolve_architecture(f"{path}:by_view", state)
+
+
+def test_a_guessed_input_shape_is_named_when_tracing_fails(tmp_path):
+    path = tmp_path / "guess.py"
+    path.write_text(FLAT_INPUT_FILE.replace("example_input = torch.randn(2, 64)", ""))
+    state, _ = _state(path, "by_view")
+    with pytest.raises(MergerError) as info:
+        resolve_architecture(f"{path}:by_view", state)
+    assert "[2, 1, 32, 32] was guessed" in str(info.value)
+    assert "example_input" in str(info.value) and "guess.py" in str(info.value)
+
+
+def test_a_model_file_imports_its_neighbours_and_evaluation_needs_no_trace(tmp_path):
+    """`from nets import Net` works next to the file (as when run as a script), and a
+    model the tracer refuses (torch.cat) still builds for evaluation."""
+    (tmp_path / "nets_neighbour.py").write_text(MODEL_FILE)
+    path = tmp_path / "entry.py"
+    path.write_text("from nets_neighbour import Cat\n\ndef make():\n    return Cat()\n")
+    state, original = _state(tmp_path / "nets_neighbour.py", "make_cat")
+    with pytest.raises(MergerError, match="function cat"):
+        resolve_architecture(f"{path}:make", state)
+    arch = resolve_architecture(f"{path}:make", state, need_spec=False)
+    assert arch.spec.groups == {}
+    x = torch.randn(3, 4)
+    assert torch.allclose(arch.build(state)(x), original(x))
+    assert str(tmp_path) not in __import__("sys").path  # the folder is not left behind
