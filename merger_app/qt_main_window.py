@@ -69,6 +69,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.result_recipe: Recipe | None = None
         self.saved = True
         self.last_error: QMessageBox | None = None
+        self._failed_merge: tuple[Recipe | None, str] | None = None  # (settings, why)
         self._session = Path(tempfile.mkdtemp(prefix="merger-session-"))
         self._merge_count = 0
         # model files (`file.py:factory`) the user agreed to run this session
@@ -327,6 +328,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
         callback, self._on_success = self._on_success, None
         self._update_actions()
         if outcome[0] == "ok":
+            if name == "merge":
+                self._failed_merge = None
             self.jobs.finish(_DONE_TEXT.get(name, f"{name.capitalize()} finished."), complete=True)
             if callback is not None:
                 callback(outcome[1])
@@ -336,6 +339,9 @@ class QtMainWindow(QtFileActions, QMainWindow):
         if outcome[0] == "failed":
             self.jobs.finish(f"{name.capitalize()} failed.", complete=False)
             self.jobs.append(outcome[1])
+            if name == "merge":  # said in the hint until the settings change
+                self._failed_merge = (self._recipe_or_none(), outcome[1])
+                self._update_actions()
             self._error(f"{name.capitalize()} failed", outcome[1], outcome[2])
         else:
             self.jobs.finish(f"{name.capitalize()} cancelled; nothing was written.", complete=False)
@@ -355,8 +361,12 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.actions.save.setEnabled(can_save)
         tip = blockers[0] if blockers else "Merge the models (Ctrl+Return)"
         self.merge_button.setToolTip(tip)
+        failed = self._failed_merge
         if blockers:
             self.hint.setText(f"⚠ {blockers[0]}")
+        elif failed is not None and failed[0] is not None and failed[0] == self._recipe_or_none():
+            first = failed[1].strip().splitlines()[0] if failed[1].strip() else "see the log"
+            self.hint.setText(f"⚠ The last merge with these settings failed: {first}")
         elif self.result is not None and not self.saved and self._result_is_current():
             self.hint.setText(
                 "Merged. Save the result (Ctrl+S), or change settings and merge again."
@@ -367,6 +377,13 @@ class QtMainWindow(QtFileActions, QMainWindow):
             )
         else:
             self.hint.setText("Ready to merge.")
+
+    def _recipe_or_none(self) -> Recipe | None:
+        """The recipe the panels describe, or None while they describe none."""
+        try:
+            return self.current_recipe()
+        except MergerError:
+            return None
 
     def _result_is_current(self) -> bool:
         """Does the last merge result still match what the panels show?"""

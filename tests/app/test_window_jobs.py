@@ -111,6 +111,11 @@ def test_failed_merge_shows_the_error_with_details(window, qtbot, tiny, tmp_path
     assert box.detailedText()  # the traceback, folded under Show Details
     assert "failed" in window.jobs.step.text()
     box.close()
+    # the hint keeps saying so while the settings are the ones that failed
+    assert window.hint.text().startswith("⚠ The last merge with these settings failed")
+    assert "gone.safetensors" in window.hint.text()
+    window.method.form.set_values({"lambda": 0.3})
+    assert "failed" not in window.hint.text()
 
 
 def test_unsaved_result_asks_before_closing(window, qtbot, tiny):
