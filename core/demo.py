@@ -26,7 +26,9 @@ from torch import nn
 
 from core.atomic import write_bytes_atomic, write_text_atomic
 from core.checkpoints import save_state_dict
+from core.checkpoints.output_paths import output_error
 from core.data import Dataset, split_digits
+from core.errors import OutputError
 
 DEMO_VERSION = "2"
 _RECIPES = {
@@ -156,8 +158,8 @@ def make_demo(folder: str | Path, *, log: Callable[[str], None] | None = None) -
     """Write (or reuse) the demo models, data and recipes in `folder`."""
     say = log or (lambda _msg: None)
     folder = Path(folder).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "recipes").mkdir(exist_ok=True)
+    _make_folder(folder)
+    _make_folder(folder / "recipes")
     demo = DemoSet(
         folder=folder,
         base=folder / "base.safetensors",
@@ -167,7 +169,7 @@ def make_demo(folder: str | Path, *, log: Callable[[str], None] | None = None) -
         recipes={Path(k).stem: folder / "recipes" / k for k in _RECIPES},
     )
     marker = folder / "demo.json"
-    if marker.exists() and json.loads(marker.read_text()).get("version") == DEMO_VERSION:
+    if _demo_version(marker) == DEMO_VERSION:
         say(f"demo models already in {folder}")
         return demo
     torch.manual_seed(0)
@@ -193,6 +195,33 @@ def make_demo(folder: str | Path, *, log: Callable[[str], None] | None = None) -
     say(f"wrote recipes: {', '.join(_RECIPES)} in {folder / 'recipes'}")
     write_text_atomic(marker, json.dumps({"version": DEMO_VERSION, **demo.to_json()}, indent=2))
     return demo
+
+
+def _make_folder(folder: Path) -> None:
+    """Create `folder` (and its parents) or reuse it; a path that cannot be a folder, or
+    a place we may not write, is an OutputError naming the path."""
+    try:
+        for part in (*reversed(folder.parents), folder):
+            if part.exists() and not part.is_dir():
+                raise OutputError(
+                    "is a file, not a folder; the demo writes a folder of models"
+                    if part == folder
+                    else f"{part} is a file, not a folder",
+                    file=folder,
+                    hint="give a new folder name, or an existing folder of demo models",
+                )
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(folder, exc, "creating") from None
+
+
+def _demo_version(marker: Path) -> str | None:
+    """The version recorded in an earlier demo's demo.json; None if absent or unreadable."""
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get("version") if isinstance(record, dict) else None
 
 
 def _seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:

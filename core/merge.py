@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from core.checkpoints import Checkpoint, CheckpointWriter, TensorInfo, open_checkpoint
+from core.checkpoints.output_paths import check_output_name
 from core.compat import ExtraKeys, compare
-from core.devices import resolve_device
+from core.devices import check_device_name, resolve_device
 from core.errors import CheckpointError, IncompatibleModelsError, RecipeError
 from core.export import export_checkpoint
 from core.jobs import Progress
@@ -126,6 +127,23 @@ def _out_dtype(recipe: Recipe, info: TensorInfo) -> torch.dtype:
     return TORCH_DTYPES[name] if name else info.dtype
 
 
+def _compute_dtype(recipe: Recipe, stored: list[torch.dtype], out: torch.dtype) -> torch.dtype:
+    """The recipe's `dtype` if set; else float64 when an input or the output is float64
+    (a float32 pass would lose its digits), else float32."""
+    if recipe.dtype:
+        return TORCH_DTYPES[recipe.dtype]
+    return torch.float64 if torch.float64 in (*stored, out) else torch.float32
+
+
+def _widest_compute_dtype(recipe: Recipe, session: _Session) -> torch.dtype:
+    """The compute dtype of the widest tensor, for the memory estimate."""
+    return _compute_dtype(
+        recipe,
+        [i.dtype for c in session.checkpoints for i in c.infos()],
+        TORCH_DTYPES[recipe.out_dtype] if recipe.out_dtype else torch.float32,
+    )
+
+
 def _check_finite(tensor: torch.Tensor, name: str, path: str) -> None:
     """Refuse NaN/Inf inputs; a finite sum proves every element finite, cheaply."""
     if not tensor.dtype.is_floating_point or math.isfinite(float(tensor.sum())):
@@ -158,6 +176,8 @@ def run_merge(
     progress = progress or Progress()
     start = time.monotonic()
     spec = validate_recipe(recipe)
+    check_output_name(out)  # before any work: `-o merged.pt` is refused at once
+    device = check_device_name(device)
     session = _Session(recipe, spec)
     try:
         report = compare(
@@ -171,7 +191,10 @@ def run_merge(
                 reason, file=path, hint="`merger info` lists each model's tensors"
             )
         report.notes.extend(unused_filters(recipe, session.reference.keys()))
-        compute_dtype = TORCH_DTYPES[recipe.dtype] if recipe.dtype else torch.float32
+        if spec.kind == "tensorwise":  # float64 tensors are computed in float64
+            compute_dtype = _widest_compute_dtype(recipe, session)
+        else:
+            compute_dtype = TORCH_DTYPES[recipe.dtype] if recipe.dtype else torch.float32
         # refuse up front, with the numbers, what cannot fit (streaming is already minimal)
         check_merge_memory(
             [c.infos() for c in session.checkpoints], spec.kind, compute_dtype=compute_dtype
@@ -233,7 +256,6 @@ def _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher):
     ref_idx = _ref_index(session)
     names = ref.keys()
     layers = LayerIndex(names)
-    compute_dtype = TORCH_DTYPES[recipe.dtype] if recipe.dtype else torch.float32
     n_inputs = len(session.input_indices)
     base_slot = n_inputs if session.base_index is not None else None
     outputs, plan = [], []
@@ -246,7 +268,10 @@ def _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher):
             )
         else:  # integer buffers (step counters, masks) come from the base / reference
             sources = (ref_idx,)
-        outputs.append(OutputTensor(name, info.shape, dtype, sources))
+        stored = [session.checkpoints[s].info(name).dtype for s in sources]
+        outputs.append(
+            OutputTensor(name, info.shape, dtype, sources, _compute_dtype(recipe, stored, dtype))
+        )
         plan.append(TensorInfo.of(name, info.shape, dtype))
     model_raw = [e.parameters for e in session.entries]
 
@@ -267,9 +292,7 @@ def _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher):
         return spec.fn(list(tensors[:n_inputs]), base, params, model_params, ctx)
 
     with _writer(recipe, session, plan, target) as writer:
-        run_streaming(
-            session.checkpoints, outputs, compute, writer, progress, compute_dtype=compute_dtype
-        )
+        run_streaming(session.checkpoints, outputs, compute, writer, progress)
         return _commit(writer, recipe, session, hashes, hasher, progress)
 
 

@@ -36,13 +36,16 @@ class OutputTensor:
     """One tensor of the output and where its inputs come from.
 
     `sources[i]` is the index into the checkpoints of the i-th input passed to `compute`
-    (read under the same name), or None to pass None.
+    (read under the same name), or None to pass None. `compute_dtype`, when set, is the
+    dtype its floating-point inputs are read as (else `run_streaming`'s `compute_dtype`):
+    a float64 tensor is computed in float64, not rounded through float32.
     """
 
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
     sources: tuple[int | None, ...]
+    compute_dtype: torch.dtype | None = None
 
 
 Compute = Callable[[OutputTensor, list[torch.Tensor | None]], torch.Tensor]
@@ -164,7 +167,8 @@ def run_streaming(
 ) -> None:
     """Read, compute and write every output in order, overlapping the three.
 
-    Floating-point sources are read as `compute_dtype`, integer and bool ones as stored.
+    Floating-point sources are read as `compute_dtype` (or the output's own
+    `compute_dtype`), integer and bool ones as stored.
     `compute` may change its inputs in place and may return one of them. The result is
     cast to `output.dtype` and written. `prefetch` is how many tensors the reader may
     fill ahead of the item being computed (memory permitting); `budget_bytes` bounds the
@@ -233,7 +237,7 @@ def _default_budget(checkpoints, outputs, compute_dtype, prefetch) -> int:
     largest_item, largest_tensor = 0, 0
     for o in outputs:
         sizes = [
-            _source_bytes(checkpoints[s].info(o.name), compute_dtype)
+            _source_bytes(checkpoints[s].info(o.name), o.compute_dtype or compute_dtype)
             for s in o.sources
             if s is not None
         ]
@@ -263,7 +267,7 @@ def _read_item(checkpoints, output: OutputTensor, pool: BufferPool, compute_dtyp
                 continue
             ckpt = checkpoints[source]
             info = ckpt.info(output.name)
-            dtype = _read_dtype(info.dtype, compute_dtype)
+            dtype = _read_dtype(info.dtype, output.compute_dtype or compute_dtype)
             buf = pool.take(info.shape, dtype, held)
             buffers.append(buf)
             held += _nbytes(info.shape, dtype)

@@ -11,7 +11,7 @@ from core.checkpoints import TensorInfo, open_checkpoint
 from core.compat import CompatReport, ExtraKeys, compare
 from core.errors import CheckpointError, RecipeError
 from core.methods import REGISTRY
-from core.methods.params import check_value, unknown_keys
+from core.methods.params import check_value, resolve_params, unknown_keys
 from core.methods.registry import MethodSpec
 from core.recipe import ModelEntry, Recipe
 
@@ -71,7 +71,20 @@ def validate_recipe(recipe: Recipe) -> MethodSpec:
                     hint="move it to the top-level parameters",
                 )
             check_value(p, value, where=entry.model)
+    if spec.check_params is not None and not _varies_by_tensor(recipe, inputs):
+        params = resolve_params(spec, recipe.parameters, "", 0.0, per_model=False)
+        model_params = [
+            resolve_params(spec, e.parameters, "", 0.0, per_model=True, fallback=recipe.parameters)
+            for e in inputs
+        ]
+        spec.check_params(params, model_params)
     return spec
+
+
+def _varies_by_tensor(recipe: Recipe, inputs: Sequence[ModelEntry]) -> bool:
+    """Does any parameter take a gradient or filter list (a value per tensor)?"""
+    sources = [recipe.parameters, *(e.parameters for e in inputs)]
+    return any(isinstance(v, list | tuple | Mapping) for p in sources for v in p.values())
 
 
 def same_file_key(path: str) -> str:

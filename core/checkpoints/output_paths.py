@@ -45,8 +45,59 @@ def output_error(path: Path, exc: OSError, doing: str = "writing") -> OutputErro
     return OutputError(f"{doing} the output failed: {exc.strerror or exc}", file=path)
 
 
+# Names that promise another kind of file. An output is a .safetensors file or a folder,
+# so `-o model.pt` would silently become a folder called model.pt: refuse it instead.
+NOT_OUTPUT_SUFFIXES = (
+    ".pt",
+    ".pth",
+    ".bin",
+    ".ckpt",
+    ".pkl",
+    ".pickle",
+    ".h5",
+    ".hdf5",
+    ".keras",
+    ".onnx",
+    ".gguf",
+    ".ggml",
+    ".msgpack",
+    ".tflite",
+    ".npz",
+    ".npy",
+    ".zip",
+    ".tar",
+    ".gz",
+    ".json",
+    ".yaml",
+    ".yml",
+)
+
+
+def check_output_name(out: str | Path) -> None:
+    """Refuse an output name with a file extension other than `.safetensors`.
+
+    Outputs are written as one `.safetensors` file, or as a folder for any other name;
+    a name like `merged.pt` would give a folder the user does not expect."""
+    name = Path(out).name
+    suffix = Path(name).suffix
+    if suffix.lower() == ".safetensors" and suffix != ".safetensors":
+        raise OutputError(
+            f"the output extension '{suffix}' must be written '.safetensors' (lower case)",
+            file=out,
+            hint="name the output *.safetensors, or give a folder name",
+        )
+    if suffix.lower() in NOT_OUTPUT_SUFFIXES:
+        raise OutputError(
+            f"cannot write a '{suffix}' file: outputs are a .safetensors file or a folder",
+            file=out,
+            hint=f"name the output *.safetensors, or give a folder name without "
+            f"an extension such as '{suffix}'",
+        )
+
+
 def check_output_path(out: Path, protect: Sequence[str | Path], *, overwrite: bool) -> None:
     """Refuse outputs that would replace something without permission or touch an input."""
+    check_output_name(out)
     target = Path(os.path.realpath(out))
     for p in protect:
         guarded = Path(os.path.realpath(Path(p).expanduser()))

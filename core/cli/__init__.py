@@ -1,71 +1,82 @@
 """The `merger` command: one parser, one module per group of subcommands.
 
-Each subcommand module exposes `register(subparsers)`, which adds its parser and sets
-`func` to a function taking the parsed arguments and returning an exit code. Errors
-meant for people (`MergerError`) become one line on stderr and exit code 1, never a
-traceback; a cancel (Ctrl+C) exits 130 and leaves no output behind.
+This module stays light (no torch), so the console entry point `run` is in charge before
+anything slow is imported. A Ctrl+C at any moment prints one line and exits 130, never a
+traceback: while the modules load (torch takes seconds) the process simply exits, as
+nothing has been written yet; later it cancels the running command, whose outputs are
+removed. The parser and the dispatch live in `core.cli._app`; errors meant for people
+become one line on stderr and exit code 1.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
+import signal
 import sys
-import traceback
 from collections.abc import Sequence
 
-from core import __version__
-from core.cli import cmd_align, cmd_eval, cmd_info, cmd_merge
-from core.errors import Cancelled, MergerError
-
-COMMAND_MODULES = [cmd_info, cmd_merge, cmd_align, cmd_eval]
+CANCELLED = "merger: cancelled; nothing was written"
+_state = {"told": False, "interrupted": False}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a malformed command line is one line too (exit 2), not a usage block."""
+def cancelled() -> int:
+    """Say that the command was cancelled (once) and return its exit code, 130."""
+    if not _state["told"]:
+        _state["told"] = True
+        print(CANCELLED, file=sys.stderr, flush=True)
+    return 130
 
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"merger: error: {message} (see '{self.prog} --help')\n")
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="merger",
-        description="Merge neural-network checkpoints (task arithmetic, TIES, DARE, SLERP, ...).",
-    )
-    parser.add_argument("--version", action="version", version=f"merger {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    for module in COMMAND_MODULES:
-        module.register(sub)
-    return parser
+def interrupted() -> bool:
+    """Did Ctrl+C arrive during this command? (A KeyboardInterrupt raised inside a C
+    extension's import can come out as another exception; it is still a cancel.)"""
+    return _state["interrupted"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run `merger` with `argv` (default: the command line); returns the exit code."""
+    _state.update(told=False, interrupted=False)
     try:
-        return int(args.func(args) or 0)
-    except MergerError as exc:
-        print(f"merger: error: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # `merger ... | head`: the reader left; nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (Cancelled, KeyboardInterrupt):
-        print("merger: cancelled; nothing was written", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug: say so plainly, details on request
-        if args.debug:
-            traceback.print_exc()
-        print(
-            f"merger: internal error: {type(exc).__name__}: {exc} "
-            "(this is a bug; rerun with --debug and report it)",
-            file=sys.stderr,
-        )
-        return 3
+        from core.cli._app import main as run_command  # imports torch: seconds
+
+        return run_command(argv)
+    except KeyboardInterrupt:  # during the imports, or while reporting another error
+        return cancelled()
 
 
 def run() -> None:
-    sys.exit(main())
+    """The console entry point (`merger`, `python -m core.cli`)."""
+    # While the modules load, a Ctrl+C ends the process at once: an interrupted import
+    # can leave numpy or torch half-initialised, and nothing has been written yet.
+    signal.signal(signal.SIGINT, _exit_now)
+    import core.cli._app  # noqa: F401 - loaded here, under that handler
+
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a second Ctrl+C while the first was being reported
+        code = cancelled()
+    # The command is over: a Ctrl+C during the interpreter's shutdown (torch takes a
+    # moment to unload) must not kill the process with a signal instead of its code.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
+def _exit_now(_signum: int, _frame: object) -> None:
+    import os
+
+    cancelled()
+    os._exit(130)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    _state["interrupted"] = True
+    raise KeyboardInterrupt
+
+
+def __getattr__(name: str):
+    """`build_parser` and `COMMAND_MODULES`, imported on first use (they need torch)."""
+    if name in ("build_parser", "COMMAND_MODULES"):
+        from core.cli import _app
+
+        return getattr(_app, name)
+    raise AttributeError(f"module 'core.cli' has no attribute '{name}'")

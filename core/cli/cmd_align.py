@@ -6,10 +6,14 @@ import argparse
 import json
 
 from core.alignment.align import align
-from core.checkpoints import open_checkpoint, save_state_dict
+from core.checkpoints import Checkpoint, open_checkpoint, save_state_dict
+from core.checkpoints.output_paths import check_output_name
+from core.cli.cmd_merge import device_option
 from core.cli.output import print_json
 from core.cli.progress_bar import TerminalBar
+from core.compat import compare
 from core.data import load_dataset
+from core.errors import IncompatibleModelsError
 from core.jobs import Progress
 
 
@@ -46,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="linear-assignment solver: auction (compiled, exact; the default where numba "
         "is installed) or scipy (the reference)",
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--overwrite", action="store_true", help="replace B_ALIGNED if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -60,12 +64,31 @@ def _positive(text: str) -> int:
     return value
 
 
+def _check_same_architecture(path_a: str, a: Checkpoint, path_b: str, b: Checkpoint) -> None:
+    """B must have A's tensors, with A's shapes: say which file differs, from the headers."""
+    report = compare(
+        (path_a, {i.name: i for i in a.infos()}),
+        [(path_b, {i.name: i for i in b.infos()})],
+        extra_keys="error",
+    )
+    if not report.ok:
+        path, reason = report.first_problem()  # type: ignore[misc]
+        raise IncompatibleModelsError(
+            reason,
+            file=path,
+            hint="align needs two models of the same architecture and width; "
+            "`merger info` lists each model's tensors",
+        )
+
+
 def cmd_align(args: argparse.Namespace) -> int:
     from core.errors import RecipeError
 
     if args.by == "activations" and not args.data:
         raise RecipeError("--by activations needs --data (digits, or an .npz with x and y)")
+    check_output_name(args.output)  # before any work: `-o aligned.pt` is refused at once
     with open_checkpoint(args.model_a) as a, open_checkpoint(args.model_b) as b:
+        _check_same_architecture(args.model_a, a, args.model_b, b)
         state_a, state_b = a.state_dict(), b.state_dict()
         dtypes = {k: v.dtype for k, v in state_b.items()}
         config = b.config

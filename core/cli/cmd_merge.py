@@ -12,7 +12,7 @@ import yaml
 from core.checkpoints import parse_size
 from core.cli.output import print_json
 from core.cli.progress_bar import TerminalBar
-from core.errors import RecipeError
+from core.errors import MergerError, RecipeError
 from core.jobs import Progress
 from core.merge import MergeResult, run_merge, validate_recipe
 from core.methods import REGISTRY
@@ -38,9 +38,24 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
         help="tensors some models have and the reference lacks: leave them out "
         "(ignore, default) or refuse to merge (error)",
     )
-    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (model-level methods)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        type=device_option,
+        help="auto, cpu, cuda or cuda:N (model-level methods)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def device_option(text: str) -> str:
+    """argparse type of --device: a known device name, or a one-line usage error."""
+    from core.devices import check_device_name
+
+    try:
+        return check_device_name(text)
+    except MergerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _allow_code_option(p: argparse.ArgumentParser) -> None:

@@ -22,18 +22,29 @@ _HINT = "save it with numpy.savez(path, x=inputs, y=labels)"
 def load_npz(path: str | Path) -> Dataset:
     """Read `x` as float32 and `y` as int64 from an `.npz` file, validating both."""
     path = Path(path)
+    if path.is_dir():
+        raise MergerError(
+            "is a folder, not a data file",
+            file=path,
+            hint="use 'digits' for the built-in data set or a path to an .npz file",
+        )
     if not path.is_file():
         raise MergerError(
             "no such data file",
             file=path,
             hint="use 'digits' for the built-in data set or a path to an .npz file",
         )
+    problem = _not_npz(path)
+    if problem:
+        raise MergerError(problem, file=path, hint=_HINT)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise MergerError(
-            f"cannot read it as an .npz archive ({exc})", file=path, hint=_HINT
+            f"cannot read it as an .npz archive with arrays x and y ({exc})",
+            file=path,
+            hint=_HINT,
         ) from exc
     missing = [name for name in ("x", "y") if name not in arrays]
     if missing:
@@ -64,6 +75,27 @@ def load_npz(path: str | Path) -> Dataset:
     if not np.all(np.isfinite(x)):
         raise MergerError("x holds NaN or infinite values", file=path)
     return Dataset(_as_inputs(x), _as_labels(path, y), path.stem)
+
+
+def _not_npz(path: Path) -> str | None:
+    """Why the file is not an .npz archive (a zip, as numpy.savez writes), or None."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        return f"cannot read the data file: {exc.strerror or exc}"
+    if head.startswith(b"PK"):
+        return None
+    if head.startswith(b"\x93NUMPY"):
+        return (
+            "this is a single numpy array (.npy, as numpy.save writes), "
+            "not an .npz archive with arrays x and y"
+        )
+    if not head:
+        return "cannot read it as an .npz archive: the file is empty"
+    return (
+        "cannot read it as an .npz archive: it is not a zip of numpy arrays (as numpy.savez writes)"
+    )
 
 
 def _check_numeric(path: Path, name: str, array: np.ndarray) -> None:

@@ -155,6 +155,10 @@ class MethodSpec:
     needs: Needs = field(default_factory=Needs)
     reference_url: str = ""
     aliases: tuple[str, ...] = ()
+    # Checks the typed parameters (global, then one dict per input model) before any
+    # tensor is read; called only when no value varies by tensor or layer (those are
+    # checked again by `fn` for each tensor). Raises RecipeError.
+    check_params: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:

@@ -24,6 +24,7 @@ import torch
 
 from core.errors import RecipeError
 from core.methods.context import TensorContext
+from core.methods.linear import check_weight_sum, weight_sum_divisor
 from core.methods.registry import MethodSpec, Needs, Param
 
 
@@ -142,9 +143,8 @@ def merge_task_vectors(
         mixed = deltas[0]
         for d in deltas[1:]:
             mixed.add_(d)
-        total = sum(weights)
-        if params["normalize"] and abs(total) >= 1e-8:
-            mixed.div_(total)
+        if params["normalize"]:
+            mixed.div_(weight_sum_divisor(weights, tensor=ctx.name))
     return base.add_(mixed, alpha=float(params["lambda"]))
 
 
@@ -239,6 +239,7 @@ SPECS = (
         params=(_WEIGHT, _LAMBDA, _normalize(False, "Divide by the sum of the weights."), _INT8),
         needs=_TA_NEEDS,
         reference_url="https://arxiv.org/abs/2212.04089",
+        check_params=check_weight_sum,
     ),
     MethodSpec(
         name="ties",
@@ -288,6 +289,7 @@ SPECS = (
         ),
         needs=_DARE_NEEDS,
         reference_url="https://arxiv.org/abs/2311.03099",
+        check_params=check_weight_sum,
     ),
     MethodSpec(
         name="dare_ties",

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from core.errors import RecipeError
 from core.methods import REGISTRY
 from core.methods.context import TensorContext
 from core.methods.slerp import slerp
@@ -41,8 +42,11 @@ def test_linear_without_normalize_is_weighted_sum():
     assert torch.allclose(out, torch.tensor([16.0]))
 
 
-def test_linear_weights_summing_to_zero_are_not_divided():
-    out = run("linear", [[1.0], [5.0]], model_params=[{"weight": 1}, {"weight": -1}])
+def test_linear_weights_summing_to_zero_are_refused_with_normalize():
+    weights = [{"weight": 1}, {"weight": -1}]
+    with pytest.raises(RecipeError, match="tensor 'w': the model weights .* sum to 0"):
+        run("linear", [[1.0], [5.0]], model_params=weights)
+    out = run("linear", [[1.0], [5.0]], params={"normalize": False}, model_params=weights)
     assert torch.allclose(out, torch.tensor([-4.0]))
 
 

@@ -1,0 +1,332 @@
+"""Bad input at the command line, as a new user met it: each is one clear line (exit 1,
+or 2 for a malformed command line), never a traceback, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import save_file
+
+from core.architectures.factories import mlp_state, vgg_state
+from core.checkpoints import open_checkpoint
+from core.cli import main
+from core.data import load_npz
+from core.errors import MergerError, RecipeError
+from core.merge import run_merge, validate_recipe
+from core.recipe import ModelEntry, Recipe
+
+
+def tensors(path) -> dict[str, torch.Tensor]:
+    with open_checkpoint(path) as ckpt:
+        return ckpt.state_dict()
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("merger: error:"), err
+    assert "Traceback" not in err and "internal error" not in err
+    return lines[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden temporary files or folders a failed write could leave."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def linear(demo, out, *extra: str) -> list[str]:
+    a, b = demo.models["0-4"], demo.models["5-9"]
+    return ["merge", "--method", "linear", str(a), str(b), *extra, "-o", str(out), "--quiet"]
+
+
+# -- 1. outputs are a .safetensors file or a folder ------------------------------------
+@pytest.mark.parametrize("name", ["out.pt", "out.bin", "out.pth", "out.ckpt", "out.npz"])
+def test_merge_refuses_an_output_named_like_another_model_file(demo, tmp_path, capsys, name):
+    out = tmp_path / name
+    assert main(linear(demo, out)) == 1
+    line = one_error_line(capsys)
+    assert str(out) in line and ".safetensors file or a folder" in line
+    assert "folder name without" in line  # the hint says what to do
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_merge_refuses_an_upper_case_safetensors_extension(demo, tmp_path, capsys):
+    out = tmp_path / "out.SAFETENSORS"
+    assert main(linear(demo, out)) == 1
+    assert "lower case" in one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_run_refuses_a_bin_output_but_writes_a_folder_with_a_dotted_name(demo, tmp_path, capsys):
+    out = tmp_path / "merged.bin"
+    assert main(["run", str(demo.recipes["linear"]), "-o", str(out), "--quiet"]) == 1
+    assert str(out) in one_error_line(capsys)
+    assert not out.exists()
+    folder = tmp_path / "merged.v2"  # not a file extension: a folder, as before
+    assert main(["run", str(demo.recipes["linear"]), "-o", str(folder), "--quiet"]) == 0
+    assert (folder / "model.safetensors").is_file()
+
+
+def test_align_refuses_a_pt_output(demo, tmp_path, capsys):
+    out = tmp_path / "aligned.pt"
+    a, b = demo.seeds
+    assert main(["align", str(a), str(b), "-o", str(out), "--quiet"]) == 1
+    line = one_error_line(capsys)
+    assert str(out) in line and ".safetensors file or a folder" in line
+    assert not out.exists()
+
+
+# -- 2. normalize with weights that cancel out -----------------------------------------
+@pytest.mark.parametrize("weights", [(0, 0), (1, -1)])
+def test_linear_weights_summing_to_zero_are_refused_with_normalize(demo, tmp_path, capsys, weights):
+    out = tmp_path / "z.safetensors"
+    given = "weight={},{}".format(*weights)
+    assert main(linear(demo, out, "--set", given)) == 1
+    line = one_error_line(capsys)
+    assert "sum to 0" in line and "normalize=false" in line
+    assert not out.exists() and leftovers(tmp_path) == []
+    # what the message suggests works: without normalize, the weighted sum as it is
+    assert main(linear(demo, out, "--set", given, "--set", "normalize=false")) == 0
+    a, b, merged = tensors(demo.models["0-4"]), tensors(demo.models["5-9"]), tensors(out)
+    wa, wb = weights
+    assert all(torch.allclose(merged[k], wa * a[k] + wb * b[k], atol=1e-6) for k in a)
+
+
+def test_a_weight_gradient_cancelling_at_one_layer_names_that_tensor(demo, tmp_path, capsys):
+    out = tmp_path / "g.safetensors"
+    # both models get the weight 1 → 0 → -1 along the depth: 0 + 0 at the middle layer
+    assert main(linear(demo, out, "--set", "weight=[1,-1]")) == 1
+    line = one_error_line(capsys)
+    assert "tensor 'layers.2." in line and "sum to 0" in line
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_task_arithmetic_with_normalize_refuses_cancelling_weights(demo, tmp_path, capsys):
+    out = tmp_path / "ta.safetensors"
+    args = [
+        "merge",
+        "--method",
+        "task_arithmetic",
+        "--base",
+        str(demo.base),
+        str(demo.models["0-4"]),
+        str(demo.models["5-9"]),
+        "--set",
+        "weight=0.5,-0.5",
+        "--set",
+        "normalize=true",
+        "-o",
+        str(out),
+        "--quiet",
+    ]
+    assert main(args) == 1
+    assert "sum to 0" in one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_cancelling_weights_are_refused_before_any_tensor_is_read(demo):
+    recipe = Recipe(
+        merge_method="linear",
+        models=(
+            ModelEntry(str(demo.models["0-4"]), {"weight": 2.0}),
+            ModelEntry(str(demo.models["5-9"]), {"weight": -2.0}),
+        ),
+    )
+    with pytest.raises(RecipeError, match="sum to 0"):
+        validate_recipe(recipe)
+    validate_recipe(recipe.with_(parameters={"normalize": False}))  # fine without
+
+
+# -- 3. demo and data files: user errors, not internal errors --------------------------
+def test_demo_into_an_existing_file_is_a_user_error(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert main(["demo", str(afile)]) == 1
+    line = one_error_line(capsys)
+    assert str(afile) in line and "is a file, not a folder" in line
+    assert afile.read_text() == "mine"
+
+
+def test_demo_at_an_existing_model_file_is_a_user_error(demo, tmp_path, capsys):
+    folder = tmp_path / "existing_dir"
+    folder.mkdir()
+    model = folder / "base.safetensors"
+    shutil.copy(demo.base, model)
+    before = model.read_bytes()
+    assert main(["demo", str(model)]) == 1
+    assert str(model) in one_error_line(capsys)
+    assert model.read_bytes() == before
+
+
+def test_demo_under_a_file_is_a_user_error(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert main(["demo", str(afile / "sub")]) == 1
+    line = one_error_line(capsys)
+    assert str(afile / "sub") in line and "is a file, not a folder" in line
+
+
+def test_demo_in_a_read_only_folder_is_a_user_error(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as root: folder permissions do not stop writing")
+        assert main(["demo", str(ro / "demo")]) == 1
+        line = one_error_line(capsys)
+        assert str(ro / "demo") in line and "permission denied" in line
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_eval_with_a_npy_file_says_an_npz_is_expected(demo, tmp_path, capsys):
+    data = tmp_path / "plain.npy"
+    np.save(data, np.zeros((3, 64), dtype=np.float32))
+    assert main(["eval", str(demo.base), "--data", str(data)]) == 1
+    line = one_error_line(capsys)
+    assert str(data) in line and ".npy" in line and ".npz archive with arrays x and y" in line
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"", "the file is empty"), (b"x,y\n1,2\n", "it is not a zip of numpy arrays")],
+    ids=["empty", "text"],
+)
+def test_a_data_file_that_is_no_npz_is_refused_saying_what_it_is(tmp_path, content, expected):
+    data = tmp_path / "data.npz"
+    data.write_bytes(content)
+    with pytest.raises(MergerError, match=rf"data\.npz: .*{expected}") as error:
+        load_npz(data)
+    assert "pickle" not in str(error.value)
+    assert "numpy.savez" in str(error.value)
+
+
+# -- 4. Ctrl+C at any time: one line, exit 130 -----------------------------------------
+def test_ctrl_c_while_merger_starts_exits_130_without_traceback(demo):
+    merger = Path(sys.executable).with_name("merger")
+    if not merger.exists():
+        pytest.skip("the `merger` console script is not installed in this environment")
+    counted = 0
+    for delay in (0.3, 0.6, 1.0, 0.15, 1.5):
+        proc = subprocess.Popen(
+            [str(merger), "info", str(demo.base)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, (delay, err)
+        if proc.returncode == 0:  # it had finished before the signal: does not count
+            continue
+        assert proc.returncode == 130, (delay, proc.returncode, err)
+        assert err.strip() == "merger: cancelled; nothing was written", (delay, err)
+        counted += 1
+    assert counted >= 2, "every run finished before Ctrl+C: nothing was tested"
+
+
+# -- 5. float64 models are merged in float64 -------------------------------------------
+def float64_models(tmp_path):
+    rng = np.random.default_rng(0)
+    a = {"w": rng.standard_normal((40, 30)), "b": rng.standard_normal(30)}
+    b = {k: rng.standard_normal(v.shape) for k, v in a.items()}
+    save_numpy(a, str(tmp_path / "f64a.safetensors"))
+    save_numpy(b, str(tmp_path / "f64b.safetensors"))
+    return a, b
+
+
+def test_float64_models_average_exactly(tmp_path):
+    a, b = float64_models(tmp_path)
+    out = tmp_path / "avg.safetensors"
+    args = [
+        "merge",
+        "--method",
+        "linear",
+        str(tmp_path / "f64a.safetensors"),
+        str(tmp_path / "f64b.safetensors"),
+        "--set",
+        "weight=0.5,0.5",
+        "-o",
+        str(out),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    merged = tensors(out)
+    for k in a:
+        assert merged[k].dtype == torch.float64
+        np.testing.assert_array_equal(merged[k].numpy(), (a[k] + b[k]) / 2)
+
+
+def test_a_float64_output_dtype_is_computed_in_float64(demo, tmp_path):
+    out = tmp_path / "wide.safetensors"
+    assert main(linear(demo, out, "--out-dtype", "float64")) == 0
+    a, b, merged = tensors(demo.models["0-4"]), tensors(demo.models["5-9"]), tensors(out)
+    for k in a:
+        exact = (a[k].double() + b[k].double()) / 2
+        assert merged[k].dtype == torch.float64
+        assert torch.equal(merged[k], exact), k
+
+
+# -- 6. align names the model whose architecture differs -------------------------------
+def test_align_of_two_architectures_names_the_model_that_differs(tmp_path, capsys):
+    mlp, cnn = tmp_path / "mlp.safetensors", tmp_path / "cnn.safetensors"
+    for path, state in ((mlp, mlp_state([64, 32, 10], prefix="inp.")), (cnn, vgg_state((8, "M")))):
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    out = tmp_path / "x.safetensors"
+    assert main(["align", str(mlp), str(cnn), "-o", str(out), "--quiet"]) == 1
+    line = one_error_line(capsys)
+    assert line.startswith(f"merger: error: {cnn}: lacks 4 tensor(s) that mlp.safetensors has")
+    assert "same architecture" in line
+    assert not out.exists()
+
+
+def test_align_of_two_widths_names_the_model_that_differs(demo, tmp_path, capsys):
+    out = tmp_path / "x.safetensors"
+    b = demo.seeds[0]
+    assert main(["align", str(demo.base), str(b), "-o", str(out), "--quiet"]) == 1
+    line = one_error_line(capsys)
+    assert line.startswith(f"merger: error: {b}: a different architecture")
+    assert not out.exists()
+
+
+# -- 7. device names ---------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["merge", "align"])
+@pytest.mark.parametrize("device", ["tpu", "cudax", "cuda:"])
+def test_an_unknown_device_is_refused_listing_the_choices(demo, tmp_path, capsys, command, device):
+    out = tmp_path / "x.safetensors"
+    if command == "merge":
+        args = linear(demo, out, "--device", device)
+    else:
+        args = ["align", *map(str, demo.seeds), "-o", str(out), "--device", device]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"unknown device '{device}'" in err and "auto, cpu, cuda, cuda:N" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_run_merge_refuses_an_unknown_device_and_takes_known_ones_in_any_case(demo, tmp_path):
+    recipe = Recipe(
+        merge_method="linear",
+        models=(ModelEntry(str(demo.models["0-4"])), ModelEntry(str(demo.models["5-9"]))),
+    )
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(MergerError, match="unknown device 'tpu'"):
+        run_merge(recipe, out, device="tpu")
+    assert not out.exists()
+    run_merge(recipe, out, device="CPU")
+    assert out.is_file()
