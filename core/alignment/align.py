@@ -54,10 +54,12 @@ def align(
     device: str = "cpu",
     progress: Progress | None = None,
     allow_code: bool = True,
+    source: str | None = None,
 ) -> Alignment:
-    """Permute B to match A by `method` ("weight" or "activation")."""
+    """Permute B to match A by `method` ("weight" or "activation"); `source` (A's file)
+    is named in errors about the architecture."""
     progress = progress or Progress()
-    architecture = resolve_architecture(arch, state_a, allow_code=allow_code)
+    architecture = resolve_architecture(arch, state_a, allow_code=allow_code, source=source)
     spec = architecture.spec
     before = matching_objective(spec, state_a, state_b, spec.identity())
     if method == "weight":

@@ -58,7 +58,12 @@ def detect_family(shapes: Shapes) -> str:
 
 
 def resolve_architecture(
-    arch: str | None, state: State, *, allow_code: bool = True, need_spec: bool = True
+    arch: str | None,
+    state: State,
+    *,
+    allow_code: bool = True,
+    need_spec: bool = True,
+    source: str | None = None,
 ) -> Architecture:
     """Spec (sizes filled in) and builder for `state`, from `arch` as described above.
 
@@ -66,8 +71,17 @@ def resolve_architecture(
     `allow_code=False` a `file.py:factory` reference is refused instead of imported (for
     `arch` values read from files the user did not type, such as downloaded recipes).
     With `need_spec=False` (evaluation) a user's model is built without tracing its spec,
-    which is then empty.
+    which is then empty. `source`, the checkpoint's file, is named in errors about it.
     """
+    try:
+        return _resolve(arch, state, allow_code=allow_code, need_spec=need_spec)
+    except MergerError as exc:
+        if exc.file is not None or source is None:
+            raise
+        raise MergerError(exc.message, file=source, tensor=exc.tensor, hint=exc.hint) from exc
+
+
+def _resolve(arch: str | None, state: State, *, allow_code: bool, need_spec: bool) -> Architecture:
     if arch is not None and arch.strip().lower() in ("", "auto"):
         arch = None
     if arch is not None and _is_file_reference(arch):

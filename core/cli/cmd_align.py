@@ -106,6 +106,7 @@ def cmd_align(args: argparse.Namespace) -> int:
             metric=args.metric,
             device=args.device,
             progress=Progress(bar),
+            source=args.model_a,
         )
     finally:
         if bar is not None:

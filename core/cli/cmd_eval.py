@@ -27,7 +27,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for path in args.models:
         with open_checkpoint(path) as ckpt:
             state = ckpt.state_dict()
-        arch = resolve_architecture(args.arch, state, need_spec=False)
+        arch = resolve_architecture(args.arch, state, need_spec=False, source=path)
         check_fits(data, arch.input_shape)
         scores = evaluate(arch.build(state), data)
         rows.append({"model": path, "architecture": arch.name, **scores})

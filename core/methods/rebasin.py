@@ -60,6 +60,7 @@ def _merge(ctx, method: str) -> dict[str, torch.Tensor]:
         device=ctx.device,
         progress=ctx.progress,
         allow_code=ctx.allow_code,
+        source=str(a_ckpt.path),
     )
     merged = interpolate(state_a, result.aligned_b, ctx.params["lambda"])
     notes = list(result.notes)

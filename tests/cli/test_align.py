@@ -194,3 +194,20 @@ def test_saved_recipe_runs_from_another_folder(demo, tmp_path, monkeypatch):
     )
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(recipe), "-o", str(tmp_path / "y.safetensors"), "--quiet"]) == 0
+
+
+def test_a_wrong_architecture_names_the_checkpoint(demo, tmp_path, capsys):
+    """`--arch vgg` on an MLP: align, the weight-matching merge and eval all say which file
+    is not that architecture."""
+    a_path, b_path = demo.seeds
+    out = str(tmp_path / "x.safetensors")
+    commands = [
+        ["align", str(a_path), str(b_path), "--arch", "vgg", "-o", out],
+        ["merge", "--method", "weight_matching", str(a_path), str(b_path), "--arch", "vgg",
+         "-o", out],
+        ["eval", str(a_path), "--arch", "vgg", "--data", "digits"],
+    ]  # fmt: skip
+    for args in commands:
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress line
+        assert err.startswith(f"merger: error: {a_path}: the checkpoint is not a 'vgg' model"), err
