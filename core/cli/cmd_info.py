@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+from core.architectures.base import natural_key
 from core.checkpoints import open_checkpoint
 from core.cli.output import human_bytes, human_count, print_json
 from core.methods import REGISTRY
@@ -56,7 +57,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     with open_checkpoint(args.path) as ckpt:
-        infos = ckpt.infos()
+        # by name, numbers in order (layers.2 before layers.10): safetensors stores by
+        # dtype first, which put every int64 BatchNorm counter at the top of the list
+        infos = sorted(ckpt.infos(), key=lambda i: natural_key(i.name))
         dtypes = Counter(str(i.dtype).replace("torch.", "") for i in infos)
         data = {
             "path": str(ckpt.path),

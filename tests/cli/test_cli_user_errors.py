@@ -330,3 +330,25 @@ def test_run_merge_refuses_an_unknown_device_and_takes_known_ones_in_any_case(de
     assert not out.exists()
     run_merge(recipe, out, device="CPU")
     assert out.is_file()
+
+
+def test_info_lists_tensors_by_name_with_numbers_in_order(tmp_path, capsys):
+    """safetensors stores int64 buffers first; the listing reads like the model instead."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file(
+        {
+            "layers.10.weight": torch.zeros(2, 2),
+            "layers.2.weight": torch.zeros(2, 2),
+            "bn.num_batches_tracked": torch.zeros((), dtype=torch.int64),
+            "bn.bias": torch.zeros(2),
+        },
+        str(path),
+    )
+    assert main(["info", str(path), "--json"]) == 0
+    names = [t["name"] for t in json.loads(capsys.readouterr().out)["tensor_list"]]
+    assert names == ["bn.bias", "bn.num_batches_tracked", "layers.2.weight", "layers.10.weight"]
