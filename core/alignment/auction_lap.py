@@ -3,7 +3,7 @@
 Weight matching solves one dense n×n assignment per permutation group per sweep, tens of
 sweeps. scipy's Jonker-Volgenant takes 50-350 ms at n = 2048 on these costs (inner
 products of random weights are hard instances) and cannot be warm-started. This solver,
-compiled with numba, is 3.5× (n = 512) to 12× (n = 8192) faster cold, faster still warm,
+compiled with numba, is 6× (n = 512) to 27× (n = 8192) faster cold, faster still warm,
 and returns the same optimum (tested against scipy; `benchmarks/weight_matching.py
 --solvers` measures it):
 

@@ -4,7 +4,7 @@ Weight and activation matching reduce to "pick the permutation that maximizes
 Σ_i score[i, perm[i]]". `solve_assignment` answers that exactly with one of:
 
 * 'auction' (default on the CPU): our numba-compiled auction with an exact shortest-path
-  finish (`auction_lap`), 3.5-12× faster than scipy on weight-matching costs and
+  finish (`auction_lap`), 6-27× faster than scipy on weight-matching costs and
   warm-startable. Needs numba; without it the default falls back to scipy.
 * 'scipy': scipy's Jonker-Volgenant, the reference (also used for rectangular problems).
 * 'auction-cuda' (default on CUDA from GPU_MIN_SIZE): our ε-scaling auction in torch
