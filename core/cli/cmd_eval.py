@@ -15,7 +15,13 @@ from core.evaluate import evaluate
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="loss and accuracy of models on data (classifiers)")
     p.add_argument("models", nargs="+", metavar="MODEL")
-    p.add_argument("--data", required=True, help="digits, or an .npz with arrays x and y")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="digits (all 1,797 of scikit-learn's digits, so training digits too: for a "
+        "held-out score give an .npz such as the demo's digits_test.npz), or an .npz with "
+        "arrays x and y",
+    )
     p.add_argument("--arch", help="a family name or path/to/model.py:factory; detected if left out")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=cmd_eval)
