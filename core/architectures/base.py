@@ -106,11 +106,32 @@ def load_exact(module: nn.Module, state: State, family: str) -> nn.Module:
     try:
         module.load_state_dict(dict(state), strict=True)
     except RuntimeError as exc:
-        detail = str(exc).split("\n\t", 2)[1:2] or [str(exc)]
         raise MergerError(
             f"the checkpoint does not load into the '{family}' model rebuilt from its "
-            f"shapes: {detail[0].strip()}",
+            f"shapes: {load_mismatch(module, state, exc)}",
             hint="this variant is not supported by the built-in family; "
             "give the model as --arch path/to/model.py:factory",
         ) from exc
     return module.eval()
+
+
+def load_mismatch(module: nn.Module, state: State, exc: RuntimeError, shown: int = 3) -> str:
+    """What `load_state_dict` objected to, short: the missing and unexpected names (a few,
+    then a count; torch lists them all on one line), or its first complaint otherwise."""
+    own = set(module.state_dict())
+    missing = sorted(own - set(state), key=natural_key)
+    unexpected = sorted(set(state) - own, key=natural_key)
+
+    def names(found: list[str]) -> str:
+        more = f", … and {len(found) - shown} more" if len(found) > shown else ""
+        return ", ".join(found[:shown]) + more
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) the model has are missing ({names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} are not in the model ({names(unexpected)})")
+    if parts:
+        return "; ".join(parts)
+    detail = str(exc).split("\n\t", 2)[1:2] or [str(exc)]
+    return detail[0].strip()

@@ -33,7 +33,7 @@ from torch import nn
 
 from core.alignment.spec import PermutationSpec
 from core.alignment.tracing import trace_spec
-from core.architectures.base import Architecture, State
+from core.architectures.base import Architecture, State, load_mismatch
 from core.errors import MergerError
 
 
@@ -146,9 +146,8 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path
     try:
         model.load_state_dict(dict(state), strict=True)
     except RuntimeError as exc:
-        first = str(exc).split("\n\t", 2)[1:2] or [str(exc)]
         raise MergerError(
-            f"the checkpoint does not load into the model: {first[0].strip()}",
+            f"the checkpoint does not load into the model: {load_mismatch(model, state, exc)}",
             file=path,
             hint="the factory must build exactly the architecture that wrote the checkpoint",
         ) from exc

@@ -15,6 +15,7 @@ Two kinds of method exist:
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -201,7 +202,11 @@ class Registry:
     def get(self, name: str) -> MethodSpec:
         key = self._aliases.get(name, name)
         if key not in self._specs:
-            raise RecipeError(f"unknown merge method '{name}'; available: {', '.join(self._specs)}")
+            close = difflib.get_close_matches(str(name).lower(), [*self._specs, *self._aliases], 1)
+            guess = f"did you mean '{self._aliases.get(close[0], close[0])}'? " if close else ""
+            raise RecipeError(
+                f"unknown merge method '{name}'; {guess}available: {', '.join(self._specs)}"
+            )
         return self._specs[key]
 
     def __iter__(self):

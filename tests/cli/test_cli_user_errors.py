@@ -352,3 +352,10 @@ def test_info_lists_tensors_by_name_with_numbers_in_order(tmp_path, capsys):
     assert main(["info", str(path), "--json"]) == 0
     names = [t["name"] for t in json.loads(capsys.readouterr().out)["tensor_list"]]
     assert names == ["bn.bias", "bn.num_batches_tracked", "layers.2.weight", "layers.10.weight"]
+
+
+def test_a_mistyped_method_gets_a_suggestion(demo, tmp_path, capsys):
+    out = tmp_path / "x.safetensors"
+    args = ["merge", "--method", "tie", str(demo.base), str(demo.models["0-4"]), "-o", str(out)]
+    assert main(args) == 1
+    assert "unknown merge method 'tie'; did you mean 'ties'?" in one_error_line(capsys)

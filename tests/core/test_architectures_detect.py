@@ -56,7 +56,8 @@ def test_unsupported_variant_gets_a_merger_error_not_a_torch_error():
 
     state = vgg_state([4, "M"], batchnorm=True, hidden=(5,))
     state = {k: v for k, v in state.items() if "running" not in k}
-    with pytest.raises(MergerError, match="Missing key"):
+    missing = r"2 tensor\(s\) the model has are missing \(features.1.running_mean, features.1.running_var\)"
+    with pytest.raises(MergerError, match=missing):
         resolve_architecture(None, state).build(state)
 
 

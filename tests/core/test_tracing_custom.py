@@ -112,6 +112,24 @@ def test_checkpoint_that_does_not_load_is_refused(model_file):
         resolve_architecture(f"{model_file}:make", state)
 
 
+def test_a_long_list_of_strangers_is_cut_short(model_file):
+    """torch lists every missing and unexpected name on one line; we show three and count."""
+    state, _ = _state(model_file)
+    state = {f"other.{i}.weight": torch.zeros(1) for i in range(12)} | {"fc.bias": state["fc.bias"]}
+    with pytest.raises(MergerError) as info:
+        resolve_architecture(f"{model_file}:make", state)
+    text = str(info.value)
+    assert (
+        "tensor(s) the model has are missing (bn.bias, bn.num_batches_tracked, bn.running_mean, … and"
+        in text
+    )
+    assert (
+        "12 are not in the model (other.0.weight, other.1.weight, other.2.weight, … and 9 more)"
+        in text
+    )
+    assert "other.11" not in text
+
+
 def test_missing_file_and_failing_import(tmp_path):
     with pytest.raises(MergerError, match="no such model file"):
         resolve_architecture(f"{tmp_path}/absent.py:make", {})
