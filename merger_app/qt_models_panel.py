@@ -217,13 +217,15 @@ class QtModelsPanel(QWidget):
             self._show_summary(str(exc))
             return
         self.model.set_problems({p: "; ".join(rs) for p, rs in report.problems.items() if rs})
-        self._show_summary(None if report.ok else report.summary())
+        # one line per problem, by file name (the row's tooltip has the full path)
+        lines = [f"{Path(p).name}: {r}" for p, rs in report.problems.items() for r in rs]
+        self._show_summary("\n".join(lines) if lines and not report.ok else None)
 
     # -- internals ------------------------------------------------------------------------
     def _show_summary(self, problem: str | None) -> None:
         rows = self.model.rows()
         if problem:
-            self.summary.setText(f"⚠ {problem}")
+            self.summary.setText("\n".join(f"⚠ {line}" for line in problem.splitlines()))
         elif rows:
             total = sum(r.total_bytes or 0 for r in rows)
             self.summary.setText(

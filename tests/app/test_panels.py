@@ -91,6 +91,9 @@ def test_incompatible_models_are_marked_with_the_reason(window, tiny, tmp_path):
     assert problem in table.index(1, 0).data(Qt.ItemDataRole.ToolTipRole)
     assert not window.merge_button.isEnabled()
     assert "other.safetensors cannot be merged" in window.merge_button.toolTip()
+    # under the table: one line per problem, each marked, by file name (not the full path)
+    lines = window.models.summary.text().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("⚠ other.safetensors: ") for line in lines)
 
 
 @pytest.mark.parametrize(
