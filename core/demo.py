@@ -198,18 +198,16 @@ def make_demo(folder: str | Path, *, log: Callable[[str], None] | None = None) -
 
 
 def _make_folder(folder: Path) -> None:
-    """Create `folder` (and its parents) or reuse it; a path that cannot be a folder, or
-    a place we may not write, is an OutputError naming the path."""
+    """Create `folder` (and its parents) or reuse it; a file in its place, or a place we
+    may not write, is an OutputError naming the path (a file among its parents too:
+    `output_error` words ENOTDIR so)."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(
+            "is a file, not a folder; the demo writes a folder of models",
+            file=folder,
+            hint="give a new folder name, or an existing folder of demo models",
+        )
     try:
-        for part in (*reversed(folder.parents), folder):
-            if part.exists() and not part.is_dir():
-                raise OutputError(
-                    "is a file, not a folder; the demo writes a folder of models"
-                    if part == folder
-                    else f"{part} is a file, not a folder",
-                    file=folder,
-                    hint="give a new folder name, or an existing folder of demo models",
-                )
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise output_error(folder, exc, "creating") from None

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from core.checkpoints import CheckpointWriter, TensorInfo, open_checkpoint
+from core.errors import RecipeError
 from core.jobs import Progress
 from core.recipe import TORCH_DTYPES, Recipe
 from core.streaming import OutputTensor, run_streaming
@@ -85,5 +86,5 @@ def _recipe_inputs(metadata: dict[str, str]) -> list[str]:
         return []
     try:
         return Recipe.from_yaml(text).model_paths()
-    except Exception:  # noqa: BLE001 - a damaged record must not stop the export
+    except RecipeError:  # a damaged record must not stop the export
         return []

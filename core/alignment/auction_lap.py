@@ -84,31 +84,24 @@ def solve(
         return _scipy(a), np.zeros(n)
     if span <= _TIE_SPAN * n and _all_integers(a):
         return _scipy(a), np.zeros(n)  # a few distinct integers: ties everywhere
-    price, assign = _warm_start(prices, perm, n, span)
-    warm = bool(assign[0] >= 0)
-    if not warm:
-        price = _cold_prices(a)
+    price, assign = usable_prices(prices, n, span), as_permutation(perm, n)
+    if price is None or assign is None:  # no usable warm start (`warm_start`): cold
+        price, assign = _cold_prices(a), np.full(n, -1, dtype=np.int64)
         eps = _schedule(lo, hi, warm=False)
     k = min(LIST_SIZE, n - 1)
     cand, tau = np.empty((n, k), np.int64), np.empty(n)
     if not _auction(a, price, assign, eps, cand, tau, _MAX_BIDS_PER_ROW * n):
         return _scipy(a), price  # stalled
-    candidates = _listed_candidates(a, price, assign, cand, tau)
-    if len(candidates[3]) > _DENSE_FINISH * n:
+    return _finish_or_scipy(a, price, assign, _listed_candidates(a, price, assign, cand, tau))
+
+
+def _finish_or_scipy(a: np.ndarray, price: np.ndarray, assign: np.ndarray, candidates):
+    """The sparse exact finish over `candidates`, or scipy where they are too many
+    (near-ties everywhere: a dense finish loses to scipy)."""
+    if len(candidates[3]) > _DENSE_FINISH * a.shape[0]:
         return _scipy(a), price
     _finish(a, price, assign, *candidates)
     return assign, price
-
-
-def _warm_start(
-    prices: np.ndarray | None, perm: np.ndarray | None, n: int, span: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """The caller's prices and permutation when they make a usable warm start
-    (`warm_start.usable_prices`, `as_permutation`), else zeros and no assignment."""
-    price, assign = usable_prices(prices, n, span), as_permutation(perm, n)
-    if price is None or assign is None:
-        return np.zeros(n), np.full(n, -1, dtype=np.int64)
-    return price, assign
 
 
 def _scipy(a: np.ndarray) -> np.ndarray:
@@ -138,13 +131,10 @@ def make_exact(
     n = a.shape[0]
     price, assign = usable_prices(prices, n), as_permutation(perm, n)
     if price is None:
-        price = np.zeros(n)
-    elif assign is not None:
-        candidates = _candidates(a, price, assign)
-        if len(candidates[3]) <= _DENSE_FINISH * n:
-            _finish(a, price, assign, *candidates)
-            return assign, price
-    return _scipy(a), price
+        return _scipy(a), np.zeros(n)
+    if assign is None:
+        return _scipy(a), price
+    return _finish_or_scipy(a, price, assign, _candidates(a, price, assign))
 
 
 def _schedule(lo: float, hi: float, warm: bool) -> np.ndarray:

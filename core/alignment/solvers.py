@@ -44,6 +44,12 @@ _DUAL_REPAIR_ROUNDS = 60
 class NonFiniteScore(MergerError):
     """The score matrix holds NaN or infinite values (callers may say where they came from)."""
 
+    def __init__(self) -> None:
+        super().__init__(
+            "the assignment score contains NaN or infinite values",
+            hint="check the models for NaN/inf weights",
+        )
+
 
 def compiled_auction_available() -> bool:
     """Whether numba is installed, so the compiled CPU auction can run."""
@@ -232,10 +238,7 @@ def _compiled_auction(
     try:
         return auction_lap.solve(s, prices, previous)
     except ValueError as exc:
-        raise NonFiniteScore(
-            "the assignment score contains NaN or infinite values",
-            hint="check the models for NaN/inf weights",
-        ) from exc
+        raise NonFiniteScore() from exc
 
 
 def _check_shape(score: torch.Tensor | np.ndarray) -> tuple[int, int]:
@@ -258,10 +261,7 @@ def _to_numpy64(score: torch.Tensor | np.ndarray) -> np.ndarray:
         score = score.detach().to("cpu", torch.float64).numpy()
     s = np.asarray(score, dtype=np.float64)
     if not np.all(np.isfinite(s)):
-        raise NonFiniteScore(
-            "the assignment score contains NaN or infinite values",
-            hint="check the models for NaN/inf weights",
-        )
+        raise NonFiniteScore()
     return s
 
 
@@ -345,10 +345,7 @@ def auction_assignment(
     if n == 1:
         return np.zeros(1, dtype=np.int64), np.zeros(1)
     if not bool(torch.isfinite(score).all()):
-        raise NonFiniteScore(
-            "the assignment score contains NaN or infinite values",
-            hint="check the models for NaN/inf weights",
-        )
+        raise NonFiniteScore()
     benefit, unit, integral = _integer_benefits(score)
     start = None
     shifted = usable_prices(prices, n, float(score.max() - score.min()))

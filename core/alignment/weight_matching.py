@@ -254,9 +254,8 @@ class _Problem:
         self, t: str, perms: Mapping[str, torch.Tensor], skip: int | None
     ) -> torch.Tensor:
         value = self.b[t]
-        for ax, g in self.spec.axes_of(t):
-            if ax != skip and g in perms and not self._is_identity(perms[g]):
-                value = value.index_select(ax, self._index(t, ax, perms[g]))
+        for ax, g in self._gathers(t, skip, perms):
+            value = value.index_select(ax, self._index(t, ax, perms[g]))
         return value
 
     def _index(self, t: str, ax: int, units: torch.Tensor) -> torch.Tensor:
@@ -297,7 +296,8 @@ class _Problem:
         sweep) and the units on the leading axis, B's rows are a view of B: its transpose
         is used as is, and no transposed copy is made until one is needed."""
         key = (t, ax)
-        if ax == 0 and key not in self._b_transposed and not self._gathers(t, ax, perms):
+        gathers = self._gathers(t, ax, perms)
+        if ax == 0 and key not in self._b_transposed and not gathers:
             return _unfold(self.b[t], 0, self.spec.block(t, 0)).T
         cols = self._b_transposed.get(key)
         if cols is None:
@@ -306,18 +306,21 @@ class _Problem:
             # (units, block, other dims...) -> (block, other dims..., units)
             cols = moved.reshape(n, -1, *moved.shape[1:]).movedim(0, -1).contiguous()
             self._b_transposed[key] = cols
-        for other, q in self.spec.axes_of(t):
-            if other != ax and q in perms and not self._is_identity(perms[q]):
-                dim = other + 1 if other < ax else other
-                cols = cols.index_select(dim, self._index(t, other, perms[q]))
+        for other, q in gathers:
+            dim = other + 1 if other < ax else other
+            cols = cols.index_select(dim, self._index(t, other, perms[q]))
         return cols.reshape(-1, cols.shape[-1])
 
-    def _gathers(self, t: str, ax: int, perms: Mapping[str, torch.Tensor]) -> bool:
-        """Whether B's tensor t needs a permutation on an axis other than `ax`."""
-        return any(
-            other != ax and q in perms and not self._is_identity(perms[q])
+    def _gathers(
+        self, t: str, skip: int | None, perms: Mapping[str, torch.Tensor]
+    ) -> list[tuple[int, str]]:
+        """(axis, group) of B's tensor t whose permutation must be applied: every permuted
+        axis but `skip` whose permutation is not the identity."""
+        return [
+            (other, q)
             for other, q in self.spec.axes_of(t)
-        )
+            if other != skip and q in perms and not self._is_identity(perms[q])
+        ]
 
     def _is_identity(self, perm: torch.Tensor) -> bool:
         n = len(perm)

@@ -6,15 +6,15 @@ import argparse
 import json
 
 from core.alignment.align import align
-from core.checkpoints import Checkpoint, open_checkpoint, save_state_dict
+from core.checkpoints import open_checkpoint, save_state_dict
 from core.checkpoints.output_paths import check_output_name
 from core.cli.cmd_merge import device_option
 from core.cli.output import print_json
 from core.cli.progress_bar import TerminalBar
-from core.compat import compare
 from core.data import load_dataset
 from core.errors import IncompatibleModelsError
 from core.jobs import Progress
+from core.validate import check_models
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,13 +64,10 @@ def _positive(text: str) -> int:
     return value
 
 
-def _check_same_architecture(path_a: str, a: Checkpoint, path_b: str, b: Checkpoint) -> None:
-    """B must have A's tensors, with A's shapes: say which file differs, from the headers."""
-    report = compare(
-        (path_a, {i.name: i for i in a.infos()}),
-        [(path_b, {i.name: i for i in b.infos()})],
-        extra_keys="error",
-    )
+def _check_same_architecture(path_a: str, path_b: str) -> None:
+    """B must have A's tensors, with A's shapes: say which file differs, from the headers
+    (the check merges and the window make, `validate.check_models`)."""
+    report = check_models([path_a, path_b], path_a, extra_keys="error")
     if not report.ok:
         path, reason = report.first_problem()  # type: ignore[misc]
         raise IncompatibleModelsError(
@@ -87,8 +84,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     if args.by == "activations" and not args.data:
         raise RecipeError("--by activations needs --data (digits, or an .npz with x and y)")
     check_output_name(args.output)  # before any work: `-o aligned.pt` is refused at once
+    _check_same_architecture(args.model_a, args.model_b)
     with open_checkpoint(args.model_a) as a, open_checkpoint(args.model_b) as b:
-        _check_same_architecture(args.model_a, a, args.model_b, b)
         state_a, state_b = a.state_dict(), b.state_dict()
         dtypes = {k: v.dtype for k, v in state_b.items()}
         config = b.config

@@ -35,6 +35,17 @@ class EventLoopGaps:
         self._timer.stop()
 
 
+def merge_with_ticks(window, qtbot) -> tuple[object, float, list[int]]:
+    """Merge while an EventLoopGaps ticker runs: (result, seconds, gaps in ms)."""
+    ticker = EventLoopGaps()
+    ticker.start()
+    t0 = time.monotonic()
+    result = merge(window, qtbot, timeout=120_000)
+    took = time.monotonic() - t0
+    ticker.stop()
+    return result, took, ticker.gaps
+
+
 def session_files(window) -> list[str]:
     return sorted(p.name for p in window._session.iterdir())
 
@@ -73,14 +84,8 @@ def test_cancel_stops_within_a_second_and_leaves_nothing(window, qtbot, big):
 @pytest.mark.slow
 def test_event_loop_never_stalls_during_a_long_merge(window, qtbot, big):
     """A 10 ms timer keeps firing while the merge runs: no gap over 100 ms."""
-    ticker = EventLoopGaps()
     load_big(window, big)
-    ticker.start()
-    t0 = time.monotonic()
-    result = merge(window, qtbot, timeout=120_000)
-    took = time.monotonic() - t0
-    ticker.stop()
-    gaps = ticker.gaps
+    result, took, gaps = merge_with_ticks(window, qtbot)
     assert result is not None
     assert took > 1.0, f"the merge took only {took:.2f} s; the test needs a longer one"
     assert len(gaps) > 50
@@ -153,13 +158,7 @@ def test_event_loop_never_stalls_during_weight_matching(window, qtbot, tmp_path)
         paths.append(save_tiny(tmp_path / f"wide_{seed}.safetensors", state))
     window.method.set_method("weight_matching")
     assert not window.add_models(paths)
-    ticker = EventLoopGaps()
-    ticker.start()
-    t0 = time.monotonic()
-    result = merge(window, qtbot, timeout=120_000)
-    took = time.monotonic() - t0
-    ticker.stop()
-    gaps = ticker.gaps
+    result, took, gaps = merge_with_ticks(window, qtbot)
     assert result is not None
     assert took > 1.0, f"weight matching took only {took:.2f} s; the test needs a longer one"
     print(f"weight matching {took:.2f} s, {len(gaps)} ticks, longest gap {max(gaps[1:])} ms")

@@ -173,7 +173,7 @@ def test_demo_under_a_file_is_a_user_error(tmp_path, capsys):
     afile.write_text("mine")
     assert main(["demo", str(afile / "sub")]) == 1
     line = one_error_line(capsys)
-    assert str(afile / "sub") in line and "is a file, not a folder" in line
+    assert str(afile / "sub") in line and "is a file, not a folder" in line  # ENOTDIR
 
 
 def test_demo_in_a_read_only_folder_is_a_user_error(tmp_path, capsys):
