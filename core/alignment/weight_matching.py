@@ -20,7 +20,10 @@ Why it is faster than the straightforward loop (see benchmarks/weight_matching.p
 * Assignments go to the compiled auction (`auction_lap`), 6-27× faster than scipy on
   these costs, and each group's solve starts from its previous prices and permutation
   (`WarmAssignment`). Its answers are exact, so the path of the descent is the official
-  one: same permutations, same objective.
+  one: same permutations, same objective (tests/core/test_weight_matching_reference.py).
+* B is permuted by one gather per product, read in place or through a transposing view,
+  into buffers reused across products; A's transposed rows likewise. Nothing is cached
+  across products: new memory's page faults cost more than the copies on a small network.
 
 Tensors permuted on two axes by the same group (square skip weights) make that group's
 cost quadratic; we linearize around the current permutation like the official code, but
@@ -29,6 +32,7 @@ accept the new permutation only if the true objective improves, so it never decr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -44,6 +48,9 @@ SKIPPED_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 # work (products weighted by size) is recomputed instead: the update gathers three times
 # what a recompute gathers once.
 _FULL_RECOMPUTE_FRACTION = 0.75
+# B is gathered in place along an axis whose entries come in runs at least this long (a
+# 3×3 kernel's 9 values); shorter runs (a Linear's columns) go through a transposing view.
+_MIN_RUN = 4
 
 
 @dataclass
@@ -199,6 +206,31 @@ def _unfold(x: torch.Tensor, axis: int, block: int = 1) -> torch.Tensor:
     return x.movedim(axis, 0).reshape(x.shape[axis] // block, -1)
 
 
+def _select(
+    x: torch.Tensor, dim: int, index: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`x.index_select(dim, index)`, through a 2-D or 3-D view where x is contiguous.
+
+    torch's index_select on a middle axis of a 4-D or 5-D tensor takes a generic path
+    3-5× slower than the same copy seen as (before, axis, after). A non-contiguous x
+    (a transposing view) keeps its shape: the one gather then also does the transpose."""
+    shape = (*x.shape[:dim], len(index), *x.shape[dim + 1 :])
+    target = None if out is None else out[: math.prod(shape)].view(shape)
+    if not x.is_contiguous():
+        return torch.index_select(x, dim, index, out=target)
+    after = math.prod(shape[dim + 1 :])
+    before = math.prod(shape[:dim])
+    size, axis = ((len(index), after), 0) if before == 1 else ((before, len(index), after), 1)
+    source = x.reshape(*size[:axis], x.shape[dim], after)
+    target = None if target is None else target.view(size)
+    return torch.index_select(source, axis, index, out=target).reshape(shape)
+
+
+def _copy_into(buffer: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x made contiguous in the front of the flat `buffer`."""
+    return buffer[: x.numel()].view(x.shape).copy_(x)
+
+
 class _Problem:
     """Both models' cost tensors on one device, and each group's cached cost matrix."""
 
@@ -235,9 +267,8 @@ class _Problem:
         self.solved_at: dict[str, int] = {}  # group -> cost version last solved
         self.version: dict[str, int] = {}
         self.solvers: dict[str, WarmAssignment] = {}
-        self._a_unfolded: dict[tuple[str, int], torch.Tensor] = {}
-        self._b_transposed: dict[tuple[str, int], torch.Tensor] = {}
         self._aranges: dict[int, torch.Tensor] = {}
+        self._buffers: list[torch.Tensor] = []
 
     # -- objective -----------------------------------------------------------------
     def objective(self, perms: Mapping[str, torch.Tensor], only: str | None = None) -> float:
@@ -255,7 +286,7 @@ class _Problem:
     ) -> torch.Tensor:
         value = self.b[t]
         for ax, g in self._gathers(t, skip, perms):
-            value = value.index_select(ax, self._index(t, ax, perms[g]))
+            value = _select(value, ax, self._index(t, ax, perms[g]))
         return value
 
     def _index(self, t: str, ax: int, units: torch.Tensor) -> torch.Tensor:
@@ -277,39 +308,53 @@ class _Problem:
         return cost
 
     def _a_rows(self, t: str, ax: int) -> torch.Tensor:
-        """A's tensor t, one contiguous row per unit on `ax` (A never changes: cached)."""
-        key = (t, ax)
-        if key not in self._a_unfolded:
-            blk = self.spec.block(t, ax)
-            self._a_unfolded[key] = _unfold(self.a[t], ax, blk).contiguous()
-        return self._a_unfolded[key]
+        """A's tensor t, one row per unit on `ax` (a view when `ax` leads, else a copy)."""
+        rows = _unfold(self.a[t], ax, self.spec.block(t, ax))
+        return rows if rows.is_contiguous() else _copy_into(self._scratch(2), rows)
 
     def _b_cols(self, t: str, ax: int, perms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """B's tensor t with its other axes permuted, as columns: one per unit on `ax`.
 
-        The cost is then A_rows @ B_cols. B is cached transposed, units last, so permuting
-        another axis gathers contiguous runs of at least n values; the straightforward
-        order (gather on the original layout, then move the axis to the front) copies
-        twice and gathers runs as short as a conv kernel (9 values).
+        The cost is then A_rows @ B_cols. With the units on the leading axis, B is gathered
+        in place (runs of a kernel's values or more) and its rows' transpose used as is: no
+        copy at all while every neighbour is the identity, as in the first sweep. Otherwise
+        one gather reads B through a view with the units last and writes the columns
+        contiguous, gathering runs of at least n values.
 
-        With nothing to permute (every neighbour still the identity, common in the first
-        sweep) and the units on the leading axis, B's rows are a view of B: its transpose
-        is used as is, and no transposed copy is made until one is needed."""
-        key = (t, ax)
+        Nothing is cached between calls: on a small network most entries are needed once
+        or twice, and new memory for a cached copy (page faults, measured at ~6 µs per
+        4 KiB here) cost more than making the copy again; on a large one the copy is a
+        rounding error beside the product."""
         gathers = self._gathers(t, ax, perms)
-        if ax == 0 and key not in self._b_transposed and not gathers:
-            return _unfold(self.b[t], 0, self.spec.block(t, 0)).T
-        cols = self._b_transposed.get(key)
-        if cols is None:
-            n = self.b[t].shape[ax] // self.spec.block(t, ax)
-            moved = self.b[t].movedim(ax, 0)
-            # (units, block, other dims...) -> (block, other dims..., units)
-            cols = moved.reshape(n, -1, *moved.shape[1:]).movedim(0, -1).contiguous()
-            self._b_transposed[key] = cols
-        for other, q in gathers:
+        if ax == 0 and all(self._run(t, other) >= _MIN_RUN for other, _ in gathers):
+            rows = self.b[t]
+            for k, (other, q) in enumerate(gathers):
+                rows = _select(rows, other, self._index(t, other, perms[q]), self._scratch(k % 2))
+            return _unfold(rows, 0, self.spec.block(t, 0)).T
+        n = self.b[t].shape[ax] // self.spec.block(t, ax)
+        moved = self.b[t].movedim(ax, 0)
+        # (units, block, other dims...) -> (block, other dims..., units), a view
+        cols = moved.reshape(n, -1, *moved.shape[1:]).movedim(0, -1)
+        for k, (other, q) in enumerate(gathers):
             dim = other + 1 if other < ax else other
-            cols = cols.index_select(dim, self._index(t, other, perms[q]))
-        return cols.reshape(-1, cols.shape[-1])
+            cols = _select(cols, dim, self._index(t, other, perms[q]), self._scratch(k % 2))
+        if not cols.is_contiguous():
+            cols = _copy_into(self._scratch(0), cols)
+        return cols.reshape(-1, n)
+
+    def _scratch(self, k: int) -> torch.Tensor:
+        """Buffer k, as large as the largest tensor: 0 and 1 take B's gathers in turn, 2
+        A's transposed rows. Copies land in memory already mapped, not in fresh pages
+        the system must fault in and zero (~6 µs per 4 KiB measured here: more than the
+        copy itself on a small network)."""
+        while len(self._buffers) <= k:
+            largest = max(x.numel() for x in self.b.values())
+            self._buffers.append(torch.empty(largest, dtype=torch.float32, device=self.device))
+        return self._buffers[k]
+
+    def _run(self, t: str, axis: int) -> int:
+        """Contiguous values per index when B's tensor t is gathered along `axis` in place."""
+        return math.prod(self.b[t].shape[axis + 1 :])
 
     def _gathers(
         self, t: str, skip: int | None, perms: Mapping[str, torch.Tensor]
@@ -389,13 +434,13 @@ class _Problem:
                 continue
             pos = changed[q].to(self.device)
             old, new = snap[q].to(self.device)[pos], perms[q].to(self.device)[pos]
-            a_part = self.a[t].index_select(b, self._index(t, b, pos))
-            b_new = self.b[t].index_select(b, self._index(t, b, new))
-            b_old = self.b[t].index_select(b, self._index(t, b, old))
+            a_part = _select(self.a[t], b, self._index(t, b, pos))
+            b_new = _select(self.b[t], b, self._index(t, b, new))
+            b_old = _select(self.b[t], b, self._index(t, b, old))
             for c, perm_c in view.items():
                 if c != b:
                     idx = self._index(t, c, perm_c)
-                    b_new, b_old = b_new.index_select(c, idx), b_old.index_select(c, idx)
+                    b_new, b_old = _select(b_new, c, idx), _select(b_old, c, idx)
             blk = self.spec.block(t, ax)
             delta = torch.mm(_unfold(a_part, ax, blk), _unfold(b_new - b_old, ax, blk).T)
             self.cost[g].add_(delta)  # float32: deltas are small, drift stays ~1e-7
