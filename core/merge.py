@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from core.checkpoints import Checkpoint, CheckpointWriter, TensorInfo, open_checkpoint
-from core.checkpoints.output_paths import check_output_name
+from core.checkpoints.output_paths import check_output_early, check_output_name
 from core.compat import ExtraKeys, compare
 from core.devices import check_device_name, resolve_device
 from core.errors import CheckpointError, IncompatibleModelsError, RecipeError
@@ -180,6 +180,7 @@ def run_merge(
     device = check_device_name(device)
     session = _Session(recipe, spec)
     try:
+        check_output_early(out, session.paths, overwrite=overwrite)
         report = compare(
             (session.paths[_ref_index(session)], _infos(session.reference)),
             [(p, _infos(c)) for p, c in zip(session.paths, session.checkpoints, strict=True)],

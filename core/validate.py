@@ -3,6 +3,7 @@ before any tensor is read, so a merge never fails half-way for a reason known up
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,7 +54,7 @@ def validate_recipe(recipe: Recipe) -> MethodSpec:
     if bad:
         raise RecipeError(
             f"method '{spec.name}' has no parameter(s) {', '.join(bad)}",
-            hint=f"it takes {', '.join(p.name for p in spec.params) or 'none'}",
+            hint=_takes(spec, bad, per_model=False),
         )
     for key, value in recipe.parameters.items():
         check_value(spec.param(key), value, where="parameters")
@@ -61,7 +62,8 @@ def validate_recipe(recipe: Recipe) -> MethodSpec:
         bad = unknown_keys(spec, entry.parameters)
         if bad:
             raise RecipeError(
-                f"{entry.model}: method '{spec.name}' has no parameter(s) {', '.join(bad)}"
+                f"{entry.model}: method '{spec.name}' has no parameter(s) {', '.join(bad)}",
+                hint=_takes(spec, bad, per_model=True),
             )
         for key, value in entry.parameters.items():
             p = spec.param(key)
@@ -79,6 +81,16 @@ def validate_recipe(recipe: Recipe) -> MethodSpec:
         ]
         spec.check_params(params, model_params)
     return spec
+
+
+def _takes(spec: MethodSpec, bad: Sequence[str], *, per_model: bool) -> str:
+    """What the method takes (per model, or for the whole merge), with a 'did you mean'
+    for the first unknown name when one is close."""
+    names = [p.name for p in spec.params if p.per_model or not per_model]
+    close = difflib.get_close_matches(bad[0], names, n=1)
+    where = "per model it takes" if per_model else "it takes"
+    takes = f"{where} {', '.join(names) or 'none'}"
+    return f"did you mean '{close[0]}'? {takes}" if close else takes
 
 
 def _varies_by_tensor(recipe: Recipe, inputs: Sequence[ModelEntry]) -> bool:

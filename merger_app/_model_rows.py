@@ -32,6 +32,7 @@ class ModelRow:
     dtype: str = ""
     total_bytes: int | None = None
     problem: str | None = None  # why it cannot be merged with the others, if so
+    notes: tuple[str, ...] = ()  # how it was read (which of several weight sets)
 
     def with_(self, **changes: Any) -> ModelRow:
         return replace(self, **changes)
@@ -88,6 +89,7 @@ def summarize(path: str | Path) -> ModelRow:
             num_parameters=ckpt.num_parameters,
             dtype=main_dtype(weighted),
             total_bytes=ckpt.total_bytes,
+            notes=tuple(ckpt.notes),
         )
     finally:
         ckpt.close()

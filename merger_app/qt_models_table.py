@@ -170,7 +170,9 @@ class QtModelsTable(QAbstractTableModel):
             return self._cell(row, col, edit=role == Qt.ItemDataRole.EditRole)
         if role == Qt.ItemDataRole.ToolTipRole:
             if col == NAME:
-                return f"{row.path}\n⚠ {row.problem}" if row.problem else row.path
+                lines = [row.path, *(f"ℹ {n}" for n in row.notes)]
+                lines += [f"⚠ {row.problem}"] if row.problem else []
+                return "\n".join(lines)
             if col == ROLE and not self._uses_base:
                 return (
                     "Model A is the reference; B is aligned to it. Reorder with Up/Down."

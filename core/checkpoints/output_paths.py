@@ -135,6 +135,30 @@ def check_output_path(out: Path, protect: Sequence[str | Path], *, overwrite: bo
         )
 
 
+def check_output_early(out: str | Path, protect: Sequence[str | Path], *, overwrite: bool) -> None:
+    """Everything about the output that can be known before the work starts: its name,
+    that it replaces nothing unasked and no input, and that its folder can be written.
+
+    Model-level methods (alignment) compute for seconds to minutes before the writer
+    opens; they should not end in "permission denied". The writer checks again when it
+    opens (the folder may change meanwhile)."""
+    out = Path(out).expanduser()
+    check_output_path(out, protect, overwrite=overwrite)
+    place = out.absolute().parent
+    while not place.exists() and place.parent != place:
+        place = place.parent
+    if not place.is_dir():
+        raise OutputError(
+            f"{place} is a file, not a folder", file=out, hint="choose another output path"
+        )
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot write into the folder {place}: permission denied",
+            file=out,
+            hint="choose a folder you can write to",
+        )
+
+
 # What a model folder may hold besides weights; anything else means it is not ours to delete.
 MODEL_FOLDER_SUFFIXES = (
     ".safetensors",

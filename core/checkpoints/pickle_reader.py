@@ -73,28 +73,33 @@ def _has_tensor(obj: Any) -> bool:
     return False
 
 
-def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str | None]:
     """Find the weights in a loaded checkpoint object and flatten them to dotted names.
 
     Handles `{"state_dict": ...}`, `model`, `module`, `model_state_dict` wrappers,
     Lightning checkpoints (whose `model.` prefix is stripped when on every key),
     DataParallel `module.` prefixes and nested dicts. Non-tensor leaves are ignored.
+
+    Returns the weights and, when a wrapper was chosen over other entries that also hold
+    tensors (an `ema` copy, optimizer state), a note saying which was read and what was
+    left out: a training checkpoint's other weight sets should not vanish silently.
     """
     lightning = isinstance(obj, Mapping) and "pytorch-lightning_version" in obj
+    chosen: list[str] = []
+    ignored: list[str] = []
     for _ in range(4):  # wrappers may nest, e.g. {"model": {"state_dict": ...}}
         if not isinstance(obj, Mapping):
             break
-        inner = next(
-            (
-                obj[k]
-                for k in WRAPPER_KEYS
-                if isinstance(obj.get(k), Mapping) and _has_tensor(obj[k])
-            ),
+        key = next(
+            (k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping) and _has_tensor(obj[k])),
             None,
         )
-        if inner is None:
+        if key is None:
             break
-        obj = inner
+        prefix = "".join(f"{c}." for c in chosen)
+        ignored += [f"{prefix}{k}" for k, v in obj.items() if k != key and _has_tensor(v)]
+        chosen.append(key)
+        obj = obj[key]
     flat: dict[str, torch.Tensor] = {}
     if isinstance(obj, Mapping):
         _flatten(obj, "", flat)
@@ -102,7 +107,12 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     for prefix in prefixes:
         if flat and all(k.startswith(prefix) for k in flat):
             flat = {k[len(prefix) :]: v for k, v in flat.items()}
-    return flat
+    note = None
+    if ignored:
+        shown = ", ".join(f"'{k}'" for k in ignored[:5])
+        more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+        note = f"weights read from '{'.'.join(chosen)}'; also in the file, not read: {shown}{more}"
+    return flat, note
 
 
 def _flatten(obj: Mapping, prefix: str, out: dict[str, torch.Tensor]) -> None:
@@ -145,14 +155,16 @@ def _unsupported(name: str, tensor: torch.Tensor) -> tuple[str, str] | None:
 
 def open_pickle(path: Path, *, shown_path: Path | None = None, config=None) -> Checkpoint:
     """Open one torch pickle file."""
-    state = unwrap_state_dict(load_pickle(path))
+    state, note = unwrap_state_dict(load_pickle(path))
     if not state:
         raise CheckpointError(
             "the file holds no tensors",
             file=path,
             hint="it is not a model checkpoint, or its weights are stored elsewhere",
         )
-    return Checkpoint(shown_path or path, "pytorch", [path], _entries(path, state), config=config)
+    entries = _entries(path, state)
+    notes = [note] if note else []
+    return Checkpoint(shown_path or path, "pytorch", [path], entries, config=config, notes=notes)
 
 
 def open_sharded_pickle(index: Path, *, shown_path: Path, config=None) -> Checkpoint:
@@ -160,8 +172,12 @@ def open_sharded_pickle(index: Path, *, shown_path: Path, config=None) -> Checkp
     weight_map = read_index(index)
     files = shard_paths(index, weight_map)
     entries: dict[str, Entry] = {}
+    notes: list[str] = []
     for shard in files:
-        for name, entry in _entries(shard, unwrap_state_dict(load_pickle(shard))).items():
+        state, note = unwrap_state_dict(load_pickle(shard))
+        if note:
+            notes.append(f"{shard.name}: {note}")
+        for name, entry in _entries(shard, state).items():
             if name in entries:
                 raise CheckpointError("the tensor appears in two shards", file=shard, tensor=name)
             entries[name] = entry
@@ -172,4 +188,4 @@ def open_sharded_pickle(index: Path, *, shown_path: Path, config=None) -> Checkp
             file=index,
             hint="the index and the shards do not match; re-download them",
         )
-    return Checkpoint(shown_path, "pytorch (sharded)", files, entries, config=config)
+    return Checkpoint(shown_path, "pytorch (sharded)", files, entries, config=config, notes=notes)

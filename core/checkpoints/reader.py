@@ -64,8 +64,10 @@ class Checkpoint:
         *,
         config: dict | None = None,
         metadata: dict[str, str] | None = None,
+        notes: list[str] | None = None,
     ) -> None:
         self.path = path
+        self.notes = list(notes or [])  # what a user should know about how it was read
         self.format = format
         self.files = files
         self.config = config

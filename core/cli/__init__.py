@@ -35,6 +35,8 @@ def interrupted() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `merger` with `argv` (default: the command line); returns the exit code."""
     _state.update(told=False, interrupted=False)
+    if _only_version(argv):
+        return 0
     try:
         from core.cli._app import main as run_command  # imports torch: seconds
 
@@ -48,6 +50,8 @@ def run() -> None:
     # While the modules load, a Ctrl+C ends the process at once: an interrupted import
     # can leave numpy or torch half-initialised, and nothing has been written yet.
     signal.signal(signal.SIGINT, _exit_now)
+    if _only_version(None):
+        sys.exit(0)
     import core.cli._app  # noqa: F401 - loaded here, under that handler
 
     signal.signal(signal.SIGINT, _interrupt)
@@ -59,6 +63,18 @@ def run() -> None:
     # moment to unload) must not kill the process with a signal instead of its code.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
+
+
+def _only_version(argv: Sequence[str] | None) -> bool:
+    """`merger --version` alone: print it without loading torch (seconds); True if done.
+    (The full parser answers it too, for `merger --debug --version`.)"""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args != ["--version"]:
+        return False
+    from core import __version__
+
+    print(f"merger {__version__}")
+    return True
 
 
 def _exit_now(_signum: int, _frame: object) -> None:

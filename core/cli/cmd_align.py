@@ -7,7 +7,7 @@ import json
 
 from core.alignment.align import align
 from core.checkpoints import open_checkpoint, save_state_dict
-from core.checkpoints.output_paths import check_output_name
+from core.checkpoints.output_paths import check_output_early
 from core.cli.cmd_merge import device_option
 from core.cli.output import print_json
 from core.cli.progress_bar import TerminalBar
@@ -83,7 +83,8 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     if args.by == "activations" and not args.data:
         raise RecipeError("--by activations needs --data (digits, or an .npz with x and y)")
-    check_output_name(args.output)  # before any work: `-o aligned.pt` is refused at once
+    # before any work: a wrong name, an existing output or a read-only folder is refused
+    check_output_early(args.output, [args.model_a, args.model_b], overwrite=args.overwrite)
     _check_same_architecture(args.model_a, args.model_b)
     with open_checkpoint(args.model_a) as a, open_checkpoint(args.model_b) as b:
         state_a, state_b = a.state_dict(), b.state_dict()

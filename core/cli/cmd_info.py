@@ -71,6 +71,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "dtypes": dict(dtypes),
             "metadata": dict(ckpt.metadata),
             "config": ckpt.config,
+            "notes": ckpt.notes,
             "tensor_list": [
                 {
                     "name": i.name,
@@ -89,6 +90,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  parameters  {human_count(data['parameters'])} ({data['parameters']:,})")
     print(f"  size        {human_bytes(data['bytes'])}")
     print(f"  dtypes      {', '.join(f'{k} x{v}' for k, v in dtypes.items())}")
+    for note in data["notes"]:
+        print(f"  note        {note}")
     if "merger_recipe" in data["metadata"]:
         print(
             "  made by     merger "

@@ -75,6 +75,22 @@ def test_move_and_remove(window, tiny):
     assert [r.name for r in panel.model.rows()] == [names[0], *names[2:]]
 
 
+def test_a_model_read_from_one_of_several_weight_sets_says_so(window, tmp_path):
+    """A training checkpoint holding `model` and `ema`: the name's tooltip says which set
+    was read and what was left."""
+    import torch
+
+    sd = {"layer.weight": torch.randn(4, 3), "layer.bias": torch.randn(4)}
+    path = tmp_path / "train.pt"
+    torch.save({"model": sd, "ema": sd}, path)
+    window.add_models([path])
+    tip = window.models.model.index(0, 0).data(Qt.ItemDataRole.ToolTipRole)
+    assert tip.splitlines() == [
+        str(path),
+        "ℹ weights read from 'model'; also in the file, not read: 'ema'",
+    ]
+
+
 def test_incompatible_models_are_marked_with_the_reason(window, tiny, tmp_path):
     import numpy as np
     from app_helpers import save_tiny

@@ -211,3 +211,35 @@ def test_a_wrong_architecture_names_the_checkpoint(demo, tmp_path, capsys):
         assert main(args) == 1
         err = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress line
         assert err.startswith(f"merger: error: {a_path}: the checkpoint is not a 'vgg' model"), err
+
+
+def test_align_refuses_a_bad_output_before_aligning(demo, tmp_path, capsys, monkeypatch):
+    """An existing output, a path under a file or a read-only folder is refused before
+    the alignment runs (on a real network it takes seconds to minutes), naming the output."""
+    import os
+
+    import core.cli.cmd_align as cmd_align
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("aligned before checking the output")
+
+    monkeypatch.setattr(cmd_align, "align", no_work)
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"someone's file")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    cases = [(taken, "already exists"), (afile / "b.safetensors", "is a file, not a folder")]
+    if not os.access(read_only, os.W_OK):  # root writes anyway: the writer reports it later
+        cases.append((read_only / "sub" / "b.safetensors", "permission denied"))
+    a_path, b_path = demo.seeds
+    try:
+        for out, words in cases:
+            assert main(["align", str(a_path), str(b_path), "-o", str(out), "--quiet"]) == 1
+            err = capsys.readouterr().err.strip()
+            assert str(out) in err and words in err, err
+    finally:
+        read_only.chmod(0o755)
+    assert taken.read_bytes() == b"someone's file"

@@ -223,3 +223,23 @@ def test_a_filter_that_matches_nothing_is_reported(demo, tmp_path, capsys):
     )
     assert main(["run", str(recipe), "-o", str(tmp_path / "o.safetensors"), "--quiet"]) == 0
     assert "filter 'self_attn' of 'lambda' matches no tensor" in capsys.readouterr().out
+
+
+def test_version_answers_without_loading_torch(capsys):
+    """`merger --version` is instant: the engine and torch are not imported for it."""
+    from core import __version__
+
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "core.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"merger {__version__}\n"
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()}
+    assert "torch" not in imported and "numpy" not in imported
+    with pytest.raises(SystemExit) as info:  # the full parser answers it too
+        main(["--debug", "--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"merger {__version__}\n"

@@ -45,6 +45,32 @@ def test_wrappers_are_unwrapped_and_other_entries_ignored(tmp_path, key):
     assert_holds(tmp_path / "m.ckpt", sd)
 
 
+def test_the_weight_set_read_is_named_when_the_file_holds_others(tmp_path, capsys):
+    """A training checkpoint with an EMA copy and optimizer state: the `model` weights are
+    read, and the file's other tensor-holding entries are named, not silently dropped
+    (scalars such as the epoch are not weights and go unmentioned)."""
+    from core.cli import main
+
+    sd = weights()
+    obj = {
+        "model": sd,
+        "ema": {k: v * 2 for k, v in sd.items()},
+        "optimizer": {"state": {0: {"exp_avg": torch.ones(2)}}},
+        "epoch": 12,
+    }
+    torch.save(obj, tmp_path / "train.pt")
+    assert_holds(tmp_path / "train.pt", sd)
+    with open_checkpoint(tmp_path / "train.pt") as ck:
+        assert ck.notes == [
+            "weights read from 'model'; also in the file, not read: 'ema', 'optimizer'"
+        ]
+    assert main(["info", str(tmp_path / "train.pt")]) == 0
+    assert "note        weights read from 'model'" in capsys.readouterr().out
+    torch.save(sd, tmp_path / "plain.pt")
+    with open_checkpoint(tmp_path / "plain.pt") as ck:
+        assert ck.notes == []
+
+
 def test_dataparallel_prefix_is_stripped(tmp_path):
     sd = weights()
     torch.save({f"module.{k}": v for k, v in sd.items()}, tmp_path / "m.bin")

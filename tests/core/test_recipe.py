@@ -75,3 +75,19 @@ def test_round_trip_through_yaml():
 def test_bad_recipes_get_clear_errors(text, match):
     with pytest.raises(RecipeError, match=match):
         validate_recipe(Recipe.from_yaml(text))
+
+
+def test_a_mistyped_parameter_gets_a_suggestion_and_the_list():
+    """Top level: everything the method takes; per model: only per-model parameters."""
+    top = "merge_method: ties\nbase_model: a\nmodels: [b]\nparameters: {lamda: 1}"
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(Recipe.from_yaml(top))
+    assert info.value.hint == (
+        "did you mean 'lambda'? it takes weight, density, lambda, normalize, rescale, "
+        "rescale_mode, int8_mask"
+    )
+    per_model = "merge_method: ties\nbase_model: a\nmodels: [{model: b, parameters: {densty: 1}}]"
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(Recipe.from_yaml(per_model))
+    assert str(info.value).startswith("b: method 'ties' has no parameter(s) densty")
+    assert info.value.hint == "did you mean 'density'? per model it takes weight, density"

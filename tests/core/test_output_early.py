@@ -1,0 +1,42 @@
+"""`check_output_early`: what can be known about an output before the work starts."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from core.checkpoints.output_paths import check_output_early
+from core.errors import OutputError
+
+
+def test_a_writable_new_place_passes(tmp_path):
+    check_output_early(tmp_path / "new" / "deeper" / "m.safetensors", [], overwrite=False)
+    assert list(tmp_path.iterdir()) == []  # checking creates nothing
+
+
+def test_inputs_existing_outputs_and_files_in_the_path_are_refused(tmp_path):
+    model = tmp_path / "a.safetensors"
+    model.write_bytes(b"weights")
+    with pytest.raises(OutputError, match="one of the input models"):
+        check_output_early(model, [model], overwrite=True)
+    with pytest.raises(OutputError, match="already exists"):
+        check_output_early(model, [], overwrite=False)
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_output_early(model / "x" / "m.safetensors", [], overwrite=False)
+    with pytest.raises(OutputError, match="'.pt' file"):
+        check_output_early(tmp_path / "m.pt", [], overwrite=False)
+
+
+def test_a_read_only_folder_is_refused(tmp_path):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        if os.access(read_only, os.W_OK):
+            pytest.skip("running as root: folder permissions do not stop writing")
+        with pytest.raises(OutputError, match="permission denied") as info:
+            check_output_early(read_only / "new" / "m.safetensors", [], overwrite=False)
+        assert str(read_only) in str(info.value)
+    finally:
+        read_only.chmod(0o755)
