@@ -213,11 +213,11 @@ def test_a_wrong_architecture_names_the_checkpoint(demo, tmp_path, capsys):
         assert err.startswith(f"merger: error: {a_path}: the checkpoint is not a 'vgg' model"), err
 
 
-def test_align_refuses_a_bad_output_before_aligning(demo, tmp_path, capsys, monkeypatch):
+def test_align_refuses_a_bad_output_before_aligning(
+    demo, tmp_path, read_only_folder, capsys, monkeypatch
+):
     """An existing output, a path under a file or a read-only folder is refused before
     the alignment runs (on a real network it takes seconds to minutes), naming the output."""
-    import os
-
     import core.cli.cmd_align as cmd_align
 
     def no_work(*args, **kwargs):
@@ -228,18 +228,12 @@ def test_align_refuses_a_bad_output_before_aligning(demo, tmp_path, capsys, monk
     taken.write_bytes(b"someone's file")
     afile = tmp_path / "afile"
     afile.write_text("x")
-    read_only = tmp_path / "ro"
-    read_only.mkdir()
-    read_only.chmod(0o555)
     cases = [(taken, "already exists"), (afile / "b.safetensors", "is a file, not a folder")]
-    if not os.access(read_only, os.W_OK):  # root writes anyway: the writer reports it later
-        cases.append((read_only / "sub" / "b.safetensors", "permission denied"))
+    if read_only_folder.denies:  # root writes anyway: the writer reports it later
+        cases.append((read_only_folder.path / "sub" / "b.safetensors", "permission denied"))
     a_path, b_path = demo.seeds
-    try:
-        for out, words in cases:
-            assert main(["align", str(a_path), str(b_path), "-o", str(out), "--quiet"]) == 1
-            err = capsys.readouterr().err.strip()
-            assert str(out) in err and words in err, err
-    finally:
-        read_only.chmod(0o755)
+    for out, words in cases:
+        assert main(["align", str(a_path), str(b_path), "-o", str(out), "--quiet"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert str(out) in err and words in err, err
     assert taken.read_bytes() == b"someone's file"

@@ -3,7 +3,6 @@ or 2 for a malformed command line), never a traceback, and leaves nothing behind
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -176,19 +175,12 @@ def test_demo_under_a_file_is_a_user_error(tmp_path, capsys):
     assert str(afile / "sub") in line and "is a file, not a folder" in line  # ENOTDIR
 
 
-def test_demo_in_a_read_only_folder_is_a_user_error(tmp_path, capsys):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as root: folder permissions do not stop writing")
-        assert main(["demo", str(ro / "demo")]) == 1
-        line = one_error_line(capsys)
-        assert str(ro / "demo") in line and "permission denied" in line
-        assert list(ro.iterdir()) == []
-    finally:
-        ro.chmod(0o755)
+def test_demo_in_a_read_only_folder_is_a_user_error(read_only_folder, capsys):
+    ro = read_only_folder.require()
+    assert main(["demo", str(ro / "demo")]) == 1
+    line = one_error_line(capsys)
+    assert str(ro / "demo") in line and "permission denied" in line
+    assert list(ro.iterdir()) == []
 
 
 def test_eval_with_a_npy_file_says_an_npz_is_expected(demo, tmp_path, capsys):
