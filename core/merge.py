@@ -28,6 +28,7 @@ from core.jobs import Progress
 from core.methods.context import TensorContext
 from core.methods.params import LayerIndex, resolve_params
 from core.methods.registry import MethodSpec
+from core.prepass import prepare_method
 from core.provenance import extra_files, hash_sources, metadata
 from core.recipe import TORCH_DTYPES, Recipe
 from core.resources import check_merge_memory, run_on_device
@@ -275,6 +276,14 @@ def _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher):
         )
         plan.append(TensorInfo.of(name, info.shape, dtype))
     model_raw = [e.parameters for e in session.entries]
+    extra = prepare_method(
+        spec,
+        recipe,
+        session.checkpoints[session.base_index] if session.base_index is not None else None,
+        [session.checkpoints[i] for i in session.input_indices],
+        session.entries,
+        progress,
+    )
 
     def compute(output: OutputTensor, tensors: list[torch.Tensor | None]) -> torch.Tensor:
         for tensor, src in zip(tensors, output.sources, strict=True):
@@ -288,6 +297,9 @@ def _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher):
             resolve_params(spec, raw, output.name, t, per_model=True, fallback=recipe.parameters)
             for raw in model_raw
         ]
+        if extra:
+            for mp, more in zip(model_params, extra, strict=True):
+                mp.update(more)
         base = tensors[base_slot] if base_slot is not None else None
         ctx = TensorContext(output.name, recipe.seed)
         return spec.fn(list(tensors[:n_inputs]), base, params, model_params, ctx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,3 +26,18 @@ class TensorContext:
     def generator(self, index: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
         key = zlib.crc32(f"{self.seed}:{index}:{self.name}".encode())
         return torch.Generator(device=device).manual_seed(key)
+
+
+@dataclass(frozen=True)
+class PrepareContext:
+    """What a tensorwise method's `prepare` sees before the merge streams: the
+    parameters for the whole model, and passes over the task vectors.
+
+    `task_vectors(label)` reads every floating-point tensor once more and yields, tensor
+    by tensor, θᵢ − θ₀ in float32 for each input model (progress says `label`).
+    `varies(name)` tells whether a parameter takes a value per tensor or layer."""
+
+    params: dict[str, Any]
+    model_params: list[dict[str, Any]]
+    varies: Callable[[str], bool]
+    task_vectors: Callable[[str], Iterator[list[torch.Tensor]]]

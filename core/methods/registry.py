@@ -160,6 +160,11 @@ class MethodSpec:
     # tensor is read; called only when no value varies by tensor or layer (those are
     # checked again by `fn` for each tensor). Raises RecipeError.
     check_params: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None
+    # Tensorwise methods: a pass over the whole model before the merge streams, for what
+    # one tensor cannot tell (TIES's model-wide trim threshold). Gets a `PrepareContext`
+    # and returns one dict of extra per-model parameters per input model, or None when
+    # these parameters need no such pass.
+    prepare: Callable[[Any], list[dict[str, Any]] | None] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:

@@ -13,7 +13,8 @@ Every method here works on task vectors τᵢ = θᵢ − θ₀ of one tensor at
 
 This follows mergekit's generalized task arithmetic so that published recipes give the
 same tensors. Deliberate choices, documented in docs/methods.md:
-* trimming is per tensor (mergekit), not global over the model (TIES reference code);
+* trimming is per tensor (mergekit) by default; `trim: model` keeps each task vector's
+  largest entries over the whole model, as the TIES reference code (`trim.py`);
 * DARE's rescale defaults to mergekit's L1-norm matching; `rescale_mode: inverse`
   gives the paper's 1/density.
 """
@@ -23,9 +24,10 @@ from __future__ import annotations
 import torch
 
 from core.errors import RecipeError
-from core.methods.context import TensorContext
+from core.methods.context import PrepareContext, TensorContext
 from core.methods.linear import check_weight_sum, weight_sum_divisor
 from core.methods.registry import MethodSpec, Needs, Param
+from core.methods.trim import magnitude_thresholds
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
@@ -53,11 +55,17 @@ def sparsify(
     rescale: bool,
     rescale_mode: str,
     gen: torch.Generator | None = None,
+    threshold: float | None = None,
 ) -> torch.Tensor:
-    """Zero all but a `density` fraction of `delta`, in place; rescale the survivors if asked."""
+    """Zero all but a `density` fraction of `delta`, in place; rescale the survivors if asked.
+
+    A magnitude `threshold` (from a model-wide trim) replaces this tensor's own top-k:
+    entries at least that large are kept."""
     if density >= 1.0:
         return delta
-    if how == "magnitude":
+    if how == "magnitude" and threshold is not None:
+        mask = delta.abs() >= threshold
+    elif how == "magnitude":
         mask = magnitude_mask(delta, density)
     else:
         assert gen is not None
@@ -96,6 +104,7 @@ def _weighted_deltas(
                 rescale=bool(params["rescale"]),
                 rescale_mode=params.get("rescale_mode", "l1"),
                 gen=gen,
+                threshold=mp.get("trim_threshold"),
             )
         deltas.append(delta.mul_(float(mp["weight"])))
     return deltas
@@ -225,6 +234,32 @@ def _rescale(default: bool) -> tuple[Param, Param]:
     )
 
 
+def _model_trim(ctx: PrepareContext) -> list[dict] | None:
+    """`trim: model`: each input's magnitude threshold over its whole task vector."""
+    if ctx.params.get("trim") != "model":
+        return None
+    if ctx.varies("density"):
+        raise RecipeError(
+            "trim: model keeps each task vector's largest entries over the whole model, "
+            "so it needs one density per model, not a value per tensor or layer",
+            hint="use trim: tensor to vary the density by tensor",
+        )
+    densities = [float(mp["density"]) for mp in ctx.model_params]
+    if all(d >= 1.0 for d in densities):
+        return None
+    thresholds = magnitude_thresholds(ctx.task_vectors, densities)
+    return [{"trim_threshold": t} for t in thresholds]
+
+
+_TRIM = Param(
+    "trim",
+    "choice",
+    "tensor",
+    "tensor: keep the largest entries of each tensor (mergekit). model: of each task vector "
+    "over the whole model, as the TIES reference code (reads the models twice more).",
+    choices=("tensor", "model"),
+    per_tensor=False,
+)
 _TA_NEEDS = Needs(base=True, min_models=1)
 _DARE_NEEDS = Needs(base=True, min_models=1, random=True)
 
@@ -261,6 +296,7 @@ SPECS = (
                 per_model=True,
             ),
             _LAMBDA,
+            _TRIM,
             _normalize(
                 True,
                 "On: disjoint mean of the agreeing entries (TIES paper). "
@@ -271,6 +307,7 @@ SPECS = (
         ),
         needs=_TA_NEEDS,
         reference_url="https://arxiv.org/abs/2306.01708",
+        prepare=_model_trim,
     ),
     MethodSpec(
         name="dare_linear",

@@ -55,7 +55,7 @@ def test_every_method_merges_from_the_window(window, qtbot, tiny, method):
 
 def test_saved_file_equals_the_clis_output_for_the_exported_recipe(window, qtbot, tiny, tmp_path):
     load_for_method(window, tiny, "ties")
-    window.method.form.set_values({"lambda": 0.8})
+    window.method.form.set_values({"lambda": 0.8, "trim": "model"})
     table = window.models.model
     density = table.index(1, 3)  # columns: name, role, weight, density, ...
     assert table.headerData(3, qtbot_orientation(), 0) == "Density"
@@ -84,6 +84,7 @@ def test_saved_file_equals_the_clis_output_for_the_exported_recipe(window, qtbot
     assert any(not np.array_equal(gui[k], base[k]) for k in base)  # it did merge something
     with open_checkpoint(tmp_path / "gui.safetensors") as ckpt:
         assert "ties" in ckpt.metadata.get("merger_recipe", "")
+        assert "trim: model" in ckpt.metadata.get("merger_recipe", "")
 
 
 def test_save_as_sharded_float16_folder(window, qtbot, tiny, tmp_path):

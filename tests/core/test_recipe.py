@@ -83,7 +83,7 @@ def test_a_mistyped_parameter_gets_a_suggestion_and_the_list():
     with pytest.raises(RecipeError) as info:
         validate_recipe(Recipe.from_yaml(top))
     assert info.value.hint == (
-        "did you mean 'lambda'? it takes weight, density, lambda, normalize, rescale, "
+        "did you mean 'lambda'? it takes weight, density, lambda, trim, normalize, rescale, "
         "rescale_mode, int8_mask"
     )
     per_model = "merge_method: ties\nbase_model: a\nmodels: [{model: b, parameters: {densty: 1}}]"

@@ -1,0 +1,64 @@
+"""The pass over whole models that some tensorwise methods need before the merge streams.
+
+A tensorwise merge sees one tensor at a time. TIES with `trim: model` needs each task
+vector's magnitude threshold over the whole model first; its `prepare` hook gets a
+`PrepareContext` whose `task_vectors` reads every floating-point tensor of the base
+and the inputs once per call (streamed, one tensor at a time, so memory stays flat).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from core.checkpoints import Checkpoint
+from core.errors import RecipeError
+from core.jobs import Progress
+from core.methods.context import PrepareContext
+from core.methods.params import resolve_params
+from core.methods.registry import MethodSpec
+from core.recipe import ModelEntry, Recipe
+
+
+def prepare_method(
+    spec: MethodSpec,
+    recipe: Recipe,
+    base: Checkpoint | None,
+    inputs: Sequence[Checkpoint],
+    entries: Sequence[ModelEntry],
+    progress: Progress,
+) -> list[dict[str, Any]] | None:
+    """Run `spec.prepare`, if any: extra per-model parameters, one dict per input."""
+    if spec.prepare is None:
+        return None
+    raw = [recipe.parameters, *(e.parameters for e in entries)]
+    reference = base if base is not None else inputs[0]
+    names = [i.name for i in reference.infos() if i.dtype.is_floating_point]
+
+    def task_vectors(label: str) -> Iterator[list[torch.Tensor]]:
+        if base is None:
+            raise RecipeError(f"method '{spec.name}' needs a base model for this setting")
+        for k, name in enumerate(names):
+            progress.update(k, len(names), f"{label}: {name}")
+            theta0 = base.get(name, dtype=torch.float32, check=progress.check)
+            yield [
+                m.get(name, dtype=torch.float32, check=progress.check).sub_(theta0) for m in inputs
+            ]
+
+    ctx = PrepareContext(
+        params=resolve_params(spec, recipe.parameters, "", 0.0, per_model=False),
+        model_params=[
+            resolve_params(spec, e.parameters, "", 0.0, per_model=True, fallback=recipe.parameters)
+            for e in entries
+        ],
+        varies=lambda name: any(_per_tensor(source.get(name)) for source in raw),
+        task_vectors=task_vectors,
+    )
+    return spec.prepare(ctx)
+
+
+def _per_tensor(value: Any) -> bool:
+    """A gradient (list) or a filter list/mapping: a value that changes by tensor."""
+    return isinstance(value, list | tuple | Mapping)
