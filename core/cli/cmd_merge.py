@@ -195,8 +195,16 @@ def _report(result: MergeResult, args: argparse.Namespace) -> None:
         return
     for note in result.notes:
         print(f"note: {note}")
-    files = ", ".join(str(f) for f in result.files)
-    print(f"wrote {result.out} in {result.seconds:.1f} s ({files})")
+    print(f"wrote {result.out} in {result.seconds:.1f} s{_file_list(result)}")
+
+
+def _file_list(result: MergeResult) -> str:
+    """The files written, when the output is a folder (a single file names itself)."""
+    if [Path(f) for f in result.files] == [Path(result.out)]:
+        return ""
+    names = [Path(f).name for f in result.files]
+    shown = ", ".join(names[:4]) + (f", … ({len(names)} files)" if len(names) > 4 else "")
+    return f": {shown}"
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -63,6 +64,19 @@ def test_merge_task_arithmetic_matches_hand_formula(demo, tmp_path, capsys):
     for name in base:
         want = base[name] + 0.5 * ((a[name] - base[name]) + 0.5 * (b[name] - base[name]))
         assert torch.allclose(got[name], want, atol=1e-6), name
+
+
+def test_the_closing_line_names_the_output_and_a_folder_s_files(demo, tmp_path, capsys):
+    models = [str(demo.models["0-4"]), str(demo.models["5-9"])]
+    out = tmp_path / "avg.safetensors"
+    assert main(["merge", "--method", "linear", *models, "-o", str(out), "--quiet"]) == 0
+    assert re.fullmatch(rf"wrote {re.escape(str(out))} in [0-9.]+ s\n", capsys.readouterr().out)
+    folder = tmp_path / "sharded"
+    args = ["merge", "--method", "linear", *models, "-o", str(folder), "--shard-size", "20KB"]
+    assert main([*args, "--quiet"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith(f"wrote {folder} in ") and "model-00001-of-" in line
+    assert str(tmp_path) not in line.split(": ", 1)[1]  # file names, not paths again
 
 
 def test_output_records_recipe_and_sources(demo, tmp_path):
