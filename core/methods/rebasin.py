@@ -16,7 +16,8 @@ _LAMBDA = Param(
     "lambda",
     "float",
     0.5,
-    "Position between model A (0) and the aligned model B (1).",
+    "Position between model A (0) and the aligned model B (1). At 1 the output is B "
+    "aligned to A: the same function as B (what `merger align` writes).",
     min=0.0,
     max=1.0,
     per_tensor=False,
@@ -62,14 +63,25 @@ def _merge(ctx, method: str) -> dict[str, torch.Tensor]:
         allow_code=ctx.allow_code,
         source=str(a_ckpt.path),
     )
-    merged = interpolate(state_a, result.aligned_b, ctx.params["lambda"])
+    lam = float(ctx.params["lambda"])
+    merged = interpolate(state_a, result.aligned_b, lam)
     notes = list(result.notes)
-    if ctx.params["reset_bn"]:
+    if ctx.params["reset_bn"] and lam in (0.0, 1.0):
+        if data is not None and _has_batchnorm(merged):
+            notes.append(
+                f"kept BatchNorm statistics: at lambda {lam:g} the output is model "
+                f"{'B aligned' if lam else 'A'}, whose statistics are already right"
+            )
+    elif ctx.params["reset_bn"]:
         merged, count = repair_batchnorm(result.arch, merged, data)
         if count:
             notes.append(f"re-estimated BatchNorm statistics of {count} layer(s) on {data.name}")
     ctx.notes.extend(notes)
     return merged
+
+
+def _has_batchnorm(state: dict[str, torch.Tensor]) -> bool:
+    return any(name.endswith("running_var") for name in state)
 
 
 def merge_weight_matching(ctx) -> dict[str, torch.Tensor]:

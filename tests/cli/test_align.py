@@ -237,3 +237,44 @@ def test_align_refuses_a_bad_output_before_aligning(
         err = capsys.readouterr().err.strip()
         assert str(out) in err and words in err, err
     assert taken.read_bytes() == b"someone's file"
+
+
+def test_lambda_one_is_b_aligned_with_its_own_batchnorm_statistics(tmp_path, capsys):
+    """At λ = 1 the merge is B aligned to A, exactly what `merger align` writes: B's
+    statistics (permuted) are right, so data does not re-estimate them; in between it does."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from core.architectures.factories import resnet20_state
+
+    paths = []
+    for seed in (0, 1):
+        sd = resnet20_state(norm="batchnorm", blocks_per_stage=1, seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        for k in sd:  # trained-looking statistics, not the init's 0 and 1
+            if k.endswith("running_mean"):
+                sd[k] = torch.randn(sd[k].shape, generator=gen)
+            elif k.endswith("running_var"):
+                sd[k] = torch.rand(sd[k].shape, generator=gen) + 0.5
+        paths.append(tmp_path / f"m{seed}.safetensors")
+        save_file(sd, paths[-1])
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.normal(size=(64, 3, 32, 32)).astype("float32"), y=rng.integers(0, 10, 64))
+    aligned = tmp_path / "aligned.safetensors"
+    a, b = (str(p) for p in paths)
+    assert main(["align", a, b, "-o", str(aligned), "--quiet"]) == 0
+    common = ["merge", "--method", "weight_matching", a, b, "--data", str(data), "--quiet"]
+    capsys.readouterr()
+    assert main([*common, "--set", "lambda=1", "-o", str(tmp_path / "one.safetensors")]) == 0
+    assert "kept BatchNorm statistics" in capsys.readouterr().out
+    assert main([*common, "--set", "lambda=0.5", "-o", str(tmp_path / "half.safetensors")]) == 0
+    assert "re-estimated BatchNorm statistics" in capsys.readouterr().out
+    one, want = state(tmp_path / "one.safetensors"), state(aligned)
+    assert one.keys() == want.keys()
+    for k in want:
+        assert torch.equal(one[k], want[k]), k
+    half, a_state = state(tmp_path / "half.safetensors"), state(paths[0])
+    stats = [k for k in half if k.endswith("running_var")]
+    midpoint = {k: 0.5 * (a_state[k] + want[k]) for k in stats}
+    assert all(not torch.allclose(half[k], midpoint[k]) for k in stats)  # measured anew
