@@ -100,7 +100,8 @@ def _resolve(arch: str | None, state: State, *, allow_code: bool, need_spec: boo
     if reason is not None:
         raise MergerError(
             f"the checkpoint is not a '{name}' model: {reason}",
-            hint="pick another architecture, or leave --arch out to detect it",
+            hint="pick another architecture, leave --arch out to detect it, or give the "
+            "model's code as --arch path/to/model.py:factory",
         )
     option = option or (family.options[0] if family.options else "")
     spec = family.spec(shapes).infer_sizes(state)
@@ -119,6 +120,12 @@ def _is_file_reference(arch: str) -> bool:
 
 def _split(arch: str) -> tuple[str, str]:
     name, _, option = arch.strip().partition(":")
+    if arch.strip().endswith(".py"):
+        raise MergerError(
+            f"architecture '{arch}' names a Python file but not the function in it that "
+            "builds the model",
+            hint=f"add the function's name after a colon: {arch.strip()}:make_model",
+        )
     name = name.lower()
     if name not in FAMILIES:
         raise MergerError(

@@ -1,14 +1,21 @@
 """Multi-layer perceptrons: a chain of Linear layers with one elementwise activation.
 
-Any naming works (`layers.0`/`layers.2` from nn.Sequential, `fc1`/`fc2`, `net.0`, plain
-`0`): the layers are put in order by name (numbers compared as numbers) and the order is
-checked against the shape chain (each layer's inputs = the previous layer's outputs);
-if names do not give a valid chain, the shapes alone must. The activation is not in the
-checkpoint, so it is an option (`mlp:relu`, the default, `mlp:gelu`, `mlp:tanh`, ...).
-Inputs with more than one dimension are flattened, as for MNIST-style images.
+The checkpoint does not record the forward order, so it is read from the shapes: each
+layer's inputs are the previous layer's outputs, and every layer is used once. Where the
+shapes allow more than one order (two 32x32 layers can go either way), names that differ
+only in their numbers decide (`layers.2` before `layers.4`, `fc2` before `fc10`), as
+nn.Sequential and `fc1`/`fc2` naming make them. Anything else (`layer_pre` and
+`layer_post`) is refused: a wrong guess would give a model that computes something else,
+and aligning it would change B's function. Such a model is given as `--arch file.py:factory`.
+
+The activation is not in the checkpoint either, so it is an option (`mlp:relu`, the
+default, `mlp:gelu`, `mlp:tanh`, ...). Inputs with more than one dimension are flattened,
+as for MNIST-style images.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
@@ -31,7 +38,11 @@ def layer_chain(shapes: Shapes) -> list[str]:
     """Module names of the Linear layers, input to output; MergerError if not an MLP."""
     reason = _chain_or_reason(shapes)
     if isinstance(reason, str):
-        raise MergerError(f"not an MLP: {reason}", hint="pick another architecture")
+        raise MergerError(
+            f"not an MLP: {reason}",
+            hint="give the model's code as --arch path/to/model.py:factory, or pick another "
+            "architecture",
+        )
     return reason
 
 
@@ -55,36 +66,74 @@ def _chain_or_reason(shapes: Shapes) -> list[str] | str:
         if module in layers and leaf == "bias" and shape == (layers[module][0],):
             continue
         return f"tensor '{name}' {list(shape)} is not a Linear weight or bias"
-    by_name = sorted(layers, key=natural_key)
-    if _is_chain(by_name, layers):
-        return by_name
-    by_shape = _chain_by_shapes(layers)
-    if by_shape is None:
-        dims = ", ".join(f"{m} {list(layers[m])}" for m in by_name)
-        return f"the Linear layers do not form one chain of matching widths ({dims})"
-    return by_shape
+    return _forward_order(layers)
 
 
-def _is_chain(order: list[str], layers: dict[str, tuple[int, int]]) -> bool:
-    return all(layers[a][0] == layers[b][1] for a, b in zip(order, order[1:], strict=False))
+def _forward_order(layers: dict[str, tuple[int, int]]) -> list[str] | str:
+    """The layers in forward order, or why it cannot be told.
 
-
-def _chain_by_shapes(layers: dict[str, tuple[int, int]]) -> list[str] | None:
-    """The unique ordering where widths chain up, or None if there is none or several."""
-    names = sorted(layers, key=natural_key)
-    outs = [layers[m][0] for m in names]
-    starts = [m for m in names if layers[m][1] not in outs or len(names) == 1]
-    if len(starts) != 1:
-        return None
-    order = starts
-    remaining = [m for m in names if m != starts[0]]
+    Step by step, the candidates are the unused layers that take the current width and
+    leave the rest able to chain on (`_chains_from`). One candidate: taken. Several: the
+    numbers of otherwise equal names decide, or the order is ambiguous."""
+    order: list[str] = []
+    remaining = sorted(layers, key=natural_key)
+    width: int | None = None  # outputs of the last layer taken; None before the first
     while remaining:
-        nxt = [m for m in remaining if layers[m][1] == layers[order[-1]][0]]
-        if len(nxt) != 1:
-            return None
-        order.append(nxt[0])
-        remaining.remove(nxt[0])
+        options = [
+            m
+            for m in remaining
+            if (width is None or layers[m][1] == width)
+            and _chains_from(layers[m][0], [layers[r] for r in remaining if r != m])
+        ]
+        if not options:
+            dims = ", ".join(f"{m} {list(layers[m])}" for m in sorted(layers, key=natural_key))
+            return f"the Linear layers do not form one chain of matching widths ({dims})"
+        pick = options[0] if len(options) == 1 else _numbered_first(options)
+        if pick is None:
+            listed = " and ".join(f"{m} {list(layers[m])}" for m in options)
+            return (
+                f"the order of the Linear layers {listed} cannot be told from the checkpoint: "
+                "the shapes allow either, and the names are not numbered alike"
+            )
+        order.append(pick)
+        remaining.remove(pick)
+        width = layers[pick][0]
     return order
+
+
+def _chains_from(width: int, rest: list[tuple[int, int]]) -> bool:
+    """Whether layers of these (out, in) shapes can all follow, in some order, a layer
+    that outputs `width`: an Euler trail from `width` in the graph whose vertices are
+    widths and whose edges are layers (in -> out)."""
+    if not rest:
+        return True
+    surplus: dict[int, int] = {}  # out-degree minus in-degree
+    links: dict[int, set[int]] = {}
+    for out, inp in rest:
+        surplus[inp] = surplus.get(inp, 0) + 1
+        surplus[out] = surplus.get(out, 0) - 1
+        links.setdefault(inp, set()).add(out)
+        links.setdefault(out, set()).add(inp)
+    if width not in links:
+        return False
+    unbalanced = sorted(d for v, d in surplus.items() if d != 0)
+    # a closed trail (all balanced), or one from `width` (+1) to some other width (-1)
+    if unbalanced and (unbalanced != [-1, 1] or surplus[width] != 1):
+        return False
+    seen, todo = {width}, [width]
+    while todo:
+        for v in links[todo.pop()] - seen:
+            seen.add(v)
+            todo.append(v)
+    return len(seen) == len(links)
+
+
+def _numbered_first(options: list[str]) -> str | None:
+    """The lowest-numbered of names equal but for their numbers (`fc2`, `fc10`), else None."""
+    stems = {re.sub(r"\d+", "#", m) for m in options}
+    if len(stems) != 1:
+        return None
+    return min(options, key=natural_key)
 
 
 def spec(shapes: Shapes) -> PermutationSpec:

@@ -106,3 +106,96 @@ def test_conv_weights_are_not_an_mlp():
     from core.architectures import mlp
 
     assert "c.weight" in mlp.fits(shapes)
+
+
+def _linear_state(layers: list[tuple[str, int, int]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """(name, in, out) per layer, stored name-sorted as a safetensors file returns them."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, fan_in, fan_out in layers:
+        state[f"{name}.weight"] = torch.randn(fan_out, fan_in, generator=gen)
+        state[f"{name}.bias"] = torch.randn(fan_out, generator=gen)
+    return dict(sorted(state.items()))
+
+
+def _forward(state, order: list[str], x: torch.Tensor) -> torch.Tensor:
+    for i, name in enumerate(order):
+        x = x @ state[f"{name}.weight"].T + state[f"{name}.bias"]
+        x = torch.relu(x) if i < len(order) - 1 else x
+    return x
+
+
+def test_square_layers_whose_names_do_not_tell_their_order_are_refused():
+    """pre/post sort as post, pre: guessing would build a model that computes something
+    else, and aligning it would change B's function."""
+    state = _linear_state([("encoder", 8, 4), ("layer_pre", 4, 4), ("layer_post", 4, 4)])
+    state.update(_linear_state([("logits", 4, 3)]))
+    with pytest.raises(MergerError) as info:
+        resolve_architecture("mlp", state)
+    assert "layer_post [4, 4] and layer_pre [4, 4] cannot be told" in str(info.value)
+    assert "--arch path/to/model.py:factory" in info.value.hint
+    with pytest.raises(MergerError, match="no built-in architecture fits"):
+        resolve_architecture(None, state)
+
+
+def test_shapes_alone_order_input_hidden_output_around_a_square_layer():
+    order = ["input", "hidden", "output"]  # sorts as hidden, input, output
+    state = _linear_state([("input", 6, 4), ("hidden", 4, 4), ("output", 4, 3)])
+    arch = resolve_architecture(None, state)
+    x = torch.randn(5, 6)
+    assert torch.allclose(arch.build(state)(x), _forward(state, order, x), atol=1e-6)
+    assert list(arch.spec.groups) == ["P_input", "P_hidden"]
+
+
+@pytest.mark.parametrize("stem", ["fc{}", "net.{}", "blocks.{}.lin", "{}"])
+def test_numbers_order_layers_the_shapes_cannot(stem):
+    """Five 5x5 layers and a detour 5->7->5: only the numbers (as numbers: 10 after 9) say
+    which comes when."""
+    widths = [6, 5, 5, 7, 5, 5, 5, 5, 5, 5, 5, 3]
+    order = [stem.format(i) for i in range(1, len(widths))]
+    state = _linear_state(
+        [(n, a, b) for n, a, b in zip(order, widths, widths[1:], strict=False)], seed=4
+    )
+    arch = resolve_architecture(None, state)
+    x = torch.randn(5, 6)
+    assert torch.allclose(arch.build(state)(x), _forward(state, order, x), atol=1e-5)
+
+
+def test_forward_order_agrees_with_every_chain_the_shapes_allow():
+    """Against brute force over all orders of small random layer sets named by letters
+    (no numbers to decide): one chain is found, several are refused, none is reported."""
+    import itertools
+    import random
+
+    from core.architectures.mlp import _forward_order
+
+    rng = random.Random(0)
+    outcomes = {"one": 0, "several": 0, "none": 0}
+    for _ in range(400):
+        count = rng.randint(1, 5)
+        layers = {
+            "abcde"[i]: (rng.choice([2, 3, 4]), rng.choice([2, 3, 4])) for i in range(count)
+        }  # name -> (out, in)
+        chains = {
+            order
+            for order in itertools.permutations(layers)
+            if all(layers[p][0] == layers[q][1] for p, q in itertools.pairwise(order))
+        }
+        got = _forward_order(layers)
+        if len(chains) == 1:
+            outcomes["one"] += 1
+            assert got == list(next(iter(chains))), layers
+        elif chains:
+            outcomes["several"] += 1
+            assert isinstance(got, str) and "cannot be told" in got, layers
+        else:
+            outcomes["none"] += 1
+            assert isinstance(got, str) and "do not form one chain" in got, layers
+    assert min(outcomes.values()) > 20  # every case was met
+
+
+def test_a_python_file_without_its_function_gets_told_to_add_it():
+    state = _sequential_state("layers.")
+    with pytest.raises(MergerError, match="names a Python file but not the function") as info:
+        resolve_architecture("models/net.py", state)
+    assert info.value.hint == "add the function's name after a colon: models/net.py:make_model"
