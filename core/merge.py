@@ -10,7 +10,6 @@ the file's metadata holds the recipe, each source's sha256 and the app version.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from core.checkpoints import Checkpoint, CheckpointWriter, TensorInfo, open_chec
 from core.checkpoints.output_paths import check_output_early, check_output_name
 from core.compat import ExtraKeys, compare
 from core.devices import check_device_name, resolve_device
-from core.errors import CheckpointError, IncompatibleModelsError, RecipeError
+from core.errors import IncompatibleModelsError, RecipeError
 from core.export import export_checkpoint
 from core.jobs import Progress
 from core.methods.context import TensorContext
@@ -34,6 +33,7 @@ from core.recipe import TORCH_DTYPES, Recipe
 from core.resources import check_merge_memory, run_on_device
 from core.streaming import OutputTensor, run_streaming
 from core.validate import (
+    check_finite,
     check_models,
     input_entries,
     same_file_key,
@@ -82,6 +82,7 @@ class ModelContext:
             info = ckpt.info(name)
             want = dtype if (dtype is not None and info.dtype.is_floating_point) else None
             state[name] = ckpt.get(name, dtype=want)
+            check_finite(state[name], name, str(ckpt.path))
             self.progress.check()
         return state
 
@@ -143,19 +144,6 @@ def _widest_compute_dtype(recipe: Recipe, session: _Session) -> torch.dtype:
         [i.dtype for c in session.checkpoints for i in c.infos()],
         TORCH_DTYPES[recipe.out_dtype] if recipe.out_dtype else torch.float32,
     )
-
-
-def _check_finite(tensor: torch.Tensor, name: str, path: str) -> None:
-    """Refuse NaN/Inf inputs; a finite sum proves every element finite, cheaply."""
-    if not tensor.dtype.is_floating_point or math.isfinite(float(tensor.sum())):
-        return
-    if not bool(torch.isfinite(tensor).all()):
-        raise CheckpointError(
-            "holds NaN or infinite values",
-            file=path,
-            tensor=name,
-            hint="this model is broken; merging it would spread the damage",
-        )
 
 
 def run_merge(
@@ -287,7 +275,7 @@ def _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher):
 
     def compute(output: OutputTensor, tensors: list[torch.Tensor | None]) -> torch.Tensor:
         for tensor, src in zip(tensors, output.sources, strict=True):
-            _check_finite(tensor, output.name, session.paths[src])
+            check_finite(tensor, output.name, session.paths[src])
         if len(output.sources) == 1 and not tensors[0].dtype.is_floating_point:
             return tensors[0]
         tensors = _unalias(tensors)

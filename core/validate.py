@@ -4,9 +4,12 @@ before any tensor is read, so a merge never fails half-way for a reason known up
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import torch
 
 from core.checkpoints import TensorInfo, open_checkpoint
 from core.compat import CompatReport, ExtraKeys, compare
@@ -177,3 +180,16 @@ def unused_filters(recipe: Recipe, names: Sequence[str]) -> list[str]:
                         "its value is never used"
                     )
     return notes
+
+
+def check_finite(tensor: torch.Tensor, name: str, path: str) -> None:
+    """Refuse NaN/Inf inputs; a finite sum proves every element finite, cheaply."""
+    if not tensor.dtype.is_floating_point or math.isfinite(float(tensor.sum())):
+        return
+    if not bool(torch.isfinite(tensor).all()):
+        raise CheckpointError(
+            "holds NaN or infinite values",
+            file=path,
+            tensor=name,
+            hint="this model is broken; merging it would spread the damage",
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from core import __version__
 from core.alignment.align import align
 from core.checkpoints import open_checkpoint, save_state_dict
 from core.checkpoints.output_paths import check_output_early
@@ -14,7 +15,7 @@ from core.cli.progress_bar import TerminalBar
 from core.data import load_dataset
 from core.errors import IncompatibleModelsError
 from core.jobs import Progress
-from core.validate import check_models
+from core.validate import check_finite, check_models
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +67,13 @@ def _positive(text: str) -> int:
 
 def _check_same_architecture(path_a: str, path_b: str) -> None:
     """B must have A's tensors, with A's shapes: say which file differs, from the headers
-    (the check merges and the window make, `validate.check_models`)."""
+    (the check merges and the window make, `validate.check_models`).
+
+    Each file is opened first, so that a missing, truncated or unsafe file gets its own
+    message and hint (the tensor, what to do), not the advice about architectures."""
+    for path in (path_a, path_b):
+        with open_checkpoint(path):
+            pass
     report = check_models([path_a, path_b], path_a, extra_keys="error")
     if not report.ok:
         path, reason = report.first_problem()  # type: ignore[misc]
@@ -90,6 +97,10 @@ def cmd_align(args: argparse.Namespace) -> int:
         state_a, state_b = a.state_dict(), b.state_dict()
         dtypes = {k: v.dtype for k, v in state_b.items()}
         config = b.config
+        sources = [{"path": str(c.path.resolve()), "sha256": c.sha256()} for c in (a, b)]
+    for path, state in ((args.model_a, state_a), (args.model_b, state_b)):
+        for name, tensor in state.items():
+            check_finite(tensor, name, path)
     bar = None if (args.quiet or args.json) else TerminalBar()
     try:
         result = align(
@@ -112,12 +123,18 @@ def cmd_align(args: argparse.Namespace) -> int:
     aligned = {k: v.to(dtypes[k]) for k, v in result.aligned_b.items()}
     perms = {g: p.tolist() for g, p in result.perms.items()}
     metadata = {
-        "merger_aligned_to": str(args.model_a),
-        "merger_aligned_from": str(args.model_b),
+        "merger_version": __version__,
+        "merger_aligned_to": sources[0]["path"],
+        "merger_aligned_from": sources[1]["path"],
+        "merger_sources": json.dumps(sources),
         "merger_architecture": result.arch.name,
+        "merger_alignment": f"{args.by.removesuffix('s')} matching"
+        + (f" on {args.data}" if args.data else "")
+        + f", {result.sweeps} sweep(s)" * (args.by == "weights"),
         "merger_permutations": json.dumps(perms),
     }
-    extra = {"config.json": json.dumps(config, indent=2).encode()} if config else None
+    folder = not str(args.output).endswith(".safetensors")
+    extra = {"config.json": json.dumps(config, indent=2).encode()} if config and folder else None
     files = save_state_dict(
         aligned,
         args.output,

@@ -100,6 +100,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         )
         for line in data["metadata"]["merger_recipe"].splitlines():
             print(f"    {line}")
+    if "merger_aligned_to" in data["metadata"]:
+        meta = data["metadata"]
+        print(f"  aligned     {meta['merger_aligned_from']}")
+        print(f"    to        {meta['merger_aligned_to']}")
+        how = meta.get("merger_alignment", "")
+        arch = meta.get("merger_architecture", "?")
+        print(f"    by        merger {meta.get('merger_version', '?')}: {arch}, {how}".rstrip(", "))
     rows = data["tensor_list"] if args.all else data["tensor_list"][:_SHOWN]
     width = max((len(r["name"]) for r in rows), default=0)
     for r in rows:

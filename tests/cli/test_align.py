@@ -278,3 +278,68 @@ def test_lambda_one_is_b_aligned_with_its_own_batchnorm_statistics(tmp_path, cap
     stats = [k for k in half if k.endswith("running_var")]
     midpoint = {k: 0.5 * (a_state[k] + want[k]) for k in stats}
     assert all(not torch.allclose(half[k], midpoint[k]) for k in stats)  # measured anew
+
+
+def test_align_records_its_sources_and_keeps_config_only_in_folders(demo, tmp_path, capsys):
+    """B given as a Hugging Face-style folder: a single-file output carries the alignment
+    in its metadata (no config.json to put beside it); a folder output gets config.json."""
+    import hashlib
+    import shutil
+
+    a_path, b_path = demo.seeds
+    folder_b = tmp_path / "b_hf"
+    folder_b.mkdir()
+    shutil.copy(b_path, folder_b / "model.safetensors")
+    (folder_b / "config.json").write_text('{"model_type": "mlp"}')
+    as_file, as_folder = tmp_path / "b_al.safetensors", tmp_path / "b_al"
+    assert main(["align", str(a_path), str(folder_b), "-o", str(as_file), "--quiet"]) == 0
+    assert main(["align", str(a_path), str(folder_b), "-o", str(as_folder), "--quiet"]) == 0
+    assert json.loads((as_folder / "config.json").read_text()) == {"model_type": "mlp"}
+    assert not (tmp_path / "config.json").exists()
+    with open_checkpoint(as_file) as ckpt:
+        meta = ckpt.metadata
+    sources = json.loads(meta["merger_sources"])
+    assert [s["path"] for s in sources] == [str(a_path.resolve()), str(folder_b.resolve())]
+    assert sources[0]["sha256"] == hashlib.sha256(a_path.read_bytes()).hexdigest()
+    assert meta["merger_aligned_to"] == str(a_path.resolve()) and meta["merger_version"]
+    capsys.readouterr()
+    assert main(["info", str(as_file)]) == 0
+    shown = capsys.readouterr().out
+    assert f"aligned     {folder_b.resolve()}" in shown and "weight matching" in shown
+
+
+def test_align_reports_a_broken_file_in_its_own_words(demo, tmp_path, capsys):
+    """A truncated B gets the reader's message (file, tensor, re-export), not the advice
+    about architectures that a mismatch gets."""
+    a_path, b_path = demo.seeds
+    data = b_path.read_bytes()
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(data[: len(data) - 100])
+    code = main(["align", str(a_path), str(broken), "-o", str(tmp_path / "o.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert str(broken) in err and "tensor '" in err and "truncated" in err
+    assert "same architecture" not in err
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_nan_anywhere_in_a_model_is_refused_by_name(demo, tmp_path, capsys):
+    """Also outside the matching cost (the last layer's bias is in no permutation group):
+    the merge would otherwise write NaN and exit 0."""
+    from safetensors.torch import save_file
+
+    a_path, b_path = demo.seeds
+    b = state(b_path)
+    last_bias = sorted(k for k in b if k.endswith("bias"))[-1]
+    b[last_bias][0] = float("nan")
+    bad = tmp_path / "nan.safetensors"
+    save_file(b, bad)
+    out = tmp_path / "o.safetensors"
+    for args in (
+        ["align", str(a_path), str(bad), "-o", str(out)],
+        ["merge", "--method", "weight_matching", str(a_path), str(bad), "-o", str(out)],
+    ):
+        assert main([*args, "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"{bad}: tensor '{last_bias}': holds NaN" in err, err
+        assert not out.exists()
