@@ -43,6 +43,13 @@ def load_pickle(path: Path) -> Any:
         raise
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if not found and _not_a_pickle(str(exc)):
+            raise CheckpointError(
+                "not a readable torch checkpoint: its contents are not a pickle torch can read",
+                file=path,
+                hint="the file is truncated, corrupt or not a checkpoint; re-download or "
+                "re-export it",
+            ) from None
         raise CheckpointError(
             "the file holds code or Python objects that a safe load refuses"
             + (f" (it refers to {found.group(1)})" if found else ""),
@@ -58,6 +65,13 @@ def load_pickle(path: Path) -> Any:
             file=path,
             hint="the file is truncated or corrupt; re-download or re-export it",
         ) from None
+
+
+def _not_a_pickle(message: str) -> bool:
+    """Whether torch's unpickler met bytes that are no pickle opcode at all (text, random
+    data), rather than refusing an object it could have built (a class, a function)."""
+    lowered = message.lower()
+    return "unsupported operand" in lowered or "invalid load key" in lowered
 
 
 def _first_sentence(exc: BaseException) -> str:

@@ -59,9 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    """A whole number of at least 1 (argparse's own message would name this function)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
     if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
 
 

@@ -20,6 +20,12 @@ class Dataset:
     x: torch.Tensor
     y: torch.Tensor
     name: str
+    origin: str = ""  # the file it came from, for messages ("" for built-in data)
+
+    @property
+    def where(self) -> str:
+        """What messages name: the data file, or the built-in set's name."""
+        return self.origin or self.name
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -46,4 +52,4 @@ class Dataset:
 
     def subset(self, index: torch.Tensor, name: str | None = None) -> Dataset:
         """The examples at `index`, as a new data set."""
-        return Dataset(self.x[index], self.y[index], name or self.name)
+        return Dataset(self.x[index], self.y[index], name or self.name, self.origin)

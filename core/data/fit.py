@@ -22,12 +22,22 @@ def check_fits(dataset: Dataset, input_shape: tuple[int, ...] | None) -> None:
     got = tuple(dataset.input_shape)
     want = tuple(input_shape)
     if len(got) != len(want) or (got and got[0] != want[0]):
-        what = "images channels first, N×C×H×W" if len(want) == 3 else "one row of features each"
         raise MergerError(
-            f"the data's examples are shaped {list(got)}, the model takes {list(want)}",
-            file=dataset.name,
-            hint=f"give data made for this model: {what}",
+            f"the data's examples are shaped {list(got)}, but the model takes {_inputs(want)}",
+            file=dataset.where,
+            hint="give data made for this model (x shaped N×C×H×W for images, N×features "
+            "otherwise)",
         )
+
+
+def _inputs(shape: tuple[int, ...]) -> str:
+    """What is certain about a model's inputs: their dimensions and the first of them
+    (image sizes are only an example: pooling lets many fit)."""
+    if len(shape) == 1:
+        return f"{shape[0]} features per example"
+    if len(shape) == 3:
+        return f"images with {shape[0]} channel(s), C×H×W (e.g. {list(shape)})"
+    return f"examples of {len(shape)} dimensions, the first {shape[0]} (e.g. {list(shape)})"
 
 
 @contextlib.contextmanager
@@ -39,6 +49,6 @@ def forward_errors(dataset: Dataset) -> Iterator[None]:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise MergerError(
             f"the model cannot run on this data ({first})",
-            file=dataset.name,
+            file=dataset.where,
             hint=f"its examples are shaped {list(dataset.input_shape)}; give data made for it",
         ) from None

@@ -74,7 +74,7 @@ def load_npz(path: str | Path) -> Dataset:
         raise MergerError("the data set is empty", file=path, hint=_HINT)
     if not np.all(np.isfinite(x)):
         raise MergerError("x holds NaN or infinite values", file=path)
-    return Dataset(_as_inputs(x), _as_labels(path, y), path.stem)
+    return Dataset(_as_inputs(x), _as_labels(path, y), path.stem, str(path))
 
 
 def _not_npz(path: Path) -> str | None:

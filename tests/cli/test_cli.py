@@ -224,7 +224,8 @@ def test_data_that_does_not_fit_the_model_is_a_user_error(demo, tmp_path, capsys
     for args in cases:
         assert main(args) == 1, args
         err = capsys.readouterr().err
-        assert "shaped [32]" in err and "takes [64]" in err, err
+        assert f"{bad}: the data's examples are shaped [32]" in err, err
+        assert "takes 64 features per example" in err, err
     assert not (tmp_path / "am.safetensors").exists()
 
 

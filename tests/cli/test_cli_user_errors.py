@@ -351,3 +351,15 @@ def test_a_mistyped_method_gets_a_suggestion(demo, tmp_path, capsys):
     args = ["merge", "--method", "tie", str(demo.base), str(demo.models["0-4"]), "-o", str(out)]
     assert main(args) == 1
     assert "unknown merge method 'tie'; did you mean 'ties'?" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [("x", "'x' is not a whole number"), ("0", "must be at least 1, not 0")]
+)
+def test_a_bad_sweep_count_is_explained(demo, tmp_path, capsys, value, text):
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["align", *map(str, demo.seeds), "-o", str(out), "--max-iter", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --max-iter: {text}" in err and "_positive" not in err

@@ -207,7 +207,13 @@ def test_a_tensor_named_like_safetensors_metadata_is_refused(tmp_path):
         open_checkpoint(tmp_path / "m.pt")
 
 
-def test_text_file_with_a_pickle_extension(tmp_path):
-    (tmp_path / "notes.pt").write_text("just some notes\nnot a model\n")
-    with pytest.raises(CheckpointError, match="notes.pt"):
+@pytest.mark.parametrize(
+    "content", [b"just some notes\nnot a model\n", b"no model", b"\x80\x02garbage"]
+)
+def test_text_or_junk_with_a_pickle_extension_is_not_called_code(tmp_path, content):
+    """Bytes that are no pickle at all are a broken or foreign file, not a refused object."""
+    (tmp_path / "notes.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match="notes.pt") as err:
         open_checkpoint(tmp_path / "notes.pt")
+    assert "not a readable torch checkpoint" in str(err.value)
+    assert "code" not in str(err.value)
