@@ -58,6 +58,25 @@ def _kind(dtype: torch.dtype) -> str:
     return "bool" if dtype == torch.bool else "integer"
 
 
+def _prefix_hint(missing: Sequence[str], extra: Sequence[str], ref_name: str) -> str:
+    """When every missing name is present with one extra (or one fewer) leading prefix
+    (`model.` from Lightning, `backbone.`), say so: the weights are there, renamed."""
+    for longer, shorter, whose in ((extra, missing, "here"), (missing, extra, f"in {ref_name}")):
+        if not shorter or len(longer) < len(shorter):
+            continue
+        first = next((n for n in longer if n.endswith("." + shorter[0])), None)
+        if first is None:
+            continue
+        prefix = first[: len(first) - len(shorter[0])]
+        names = set(longer)
+        if all(prefix + n in names for n in shorter):
+            return (
+                f"; the names carry the prefix '{prefix}' {whose}: the same weights, "
+                "named differently (re-save that model without the prefix)"
+            )
+    return ""
+
+
 def compare(
     reference: tuple[str, Mapping[str, TensorInfo]],
     others: Sequence[tuple[str, Mapping[str, TensorInfo]]],
@@ -79,6 +98,7 @@ def compare(
         if missing:
             reasons.append(
                 f"lacks {len(missing)} tensor(s) that {ref_name} has: {_listing(missing)}"
+                + _prefix_hint(missing, extra, ref_name)
             )
         if extra:
             text = f"has {len(extra)} tensor(s) that {ref_name} lacks: {_listing(extra)}"

@@ -146,6 +146,12 @@ def _widest_compute_dtype(recipe: Recipe, session: _Session) -> torch.dtype:
     )
 
 
+def _reading_notes(session: _Session) -> list[str]:
+    """What the readers chose (which of a .pt's weight sets was read), per input."""
+    pairs = zip(session.paths, session.checkpoints, strict=True)
+    return [f"{path}: {note}" for path, ckpt in pairs for note in ckpt.notes]
+
+
 def run_merge(
     recipe: Recipe,
     out: str | Path,
@@ -193,6 +199,7 @@ def run_merge(
         hasher = hash_sources(session, hashes)
         target = _Target(out, shard_size, overwrite)
         notes = list(report.notes)
+        notes += _reading_notes(session)
         if spec.kind == "tensorwise":
             files = _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher)
         else:

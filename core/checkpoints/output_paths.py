@@ -78,6 +78,7 @@ def check_output_name(out: str | Path) -> None:
 
     Outputs are written as one `.safetensors` file, or as a folder for any other name;
     a name like `merged.pt` would give a folder the user does not expect."""
+    _check_not_empty(out)
     name = Path(out).name
     suffix = Path(name).suffix
     if suffix.lower() == ".safetensors" and suffix != ".safetensors":
@@ -92,6 +93,16 @@ def check_output_name(out: str | Path) -> None:
             file=out,
             hint=f"name the output *.safetensors, or give a folder name without "
             f"an extension such as '{suffix}'",
+        )
+
+
+def _check_not_empty(out: str | Path) -> None:
+    """An empty name (`-o ''`) would become '.', the current folder: say what it is."""
+    if not str(out).strip():
+        raise OutputError(
+            "the output name is empty",
+            file="-o",
+            hint="give a file name ending in .safetensors, or a folder name",
         )
 
 
@@ -142,6 +153,7 @@ def check_output_early(out: str | Path, protect: Sequence[str | Path], *, overwr
     Model-level methods (alignment) compute for seconds to minutes before the writer
     opens; they should not end in "permission denied". The writer checks again when it
     opens (the folder may change meanwhile)."""
+    _check_not_empty(out)
     out = Path(out).expanduser()
     check_output_path(out, protect, overwrite=overwrite)
     place = out.absolute().parent

@@ -102,6 +102,9 @@ def cmd_align(args: argparse.Namespace) -> int:
         dtypes = {k: v.dtype for k, v in state_b.items()}
         config = b.config
         sources = [{"path": str(c.path.resolve()), "sha256": c.sha256()} for c in (a, b)]
+        read = [
+            f"{p}: {note}" for p, c in ((args.model_a, a), (args.model_b, b)) for note in c.notes
+        ]
     for path, state in ((args.model_a, state_a), (args.model_b, state_b)):
         for name, tensor in state.items():
             check_finite(tensor, name, path)
@@ -154,11 +157,13 @@ def cmd_align(args: argparse.Namespace) -> int:
         "objective_before": result.objective_before,
         "objective_after": result.objective_after,
         "sweeps": result.sweeps,
-        "notes": result.notes,
+        "notes": read + result.notes,
     }
     if args.json:
         print_json(summary)
     else:
+        for note in read:
+            print(f"note: {note}")
         for note in result.notes:
             print(note)
         print(f"wrote {args.output}: B permuted to match A (same function as B)")

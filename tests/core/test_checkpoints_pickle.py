@@ -66,6 +66,11 @@ def test_the_weight_set_read_is_named_when_the_file_holds_others(tmp_path, capsy
         ]
     assert main(["info", str(tmp_path / "train.pt")]) == 0
     assert "note        weights read from 'model'" in capsys.readouterr().out
+    merged = tmp_path / "avg.safetensors"
+    args = ["merge", "--method", "linear", str(tmp_path / "train.pt"), str(tmp_path / "train.pt")]
+    assert main([*args, "-o", str(merged), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert f"note: {tmp_path / 'train.pt'}: weights read from 'model'; also in" in said
     torch.save(sd, tmp_path / "plain.pt")
     with open_checkpoint(tmp_path / "plain.pt") as ck:
         assert ck.notes == []

@@ -31,3 +31,10 @@ def test_a_read_only_folder_is_refused(read_only_folder):
     with pytest.raises(OutputError, match="permission denied") as info:
         check_output_early(ro / "new" / "m.safetensors", [], overwrite=False)
     assert str(ro) in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_output_name_is_refused_as_such(name):
+    """Not as '.', which would then be 'the folder that contains the inputs'."""
+    with pytest.raises(OutputError, match="the output name is empty"):
+        check_output_early(name, [], overwrite=False)

@@ -39,3 +39,20 @@ def test_with_two_models_or_no_agreement_the_reference_is_kept(tmp_path):
     c = write(tmp_path / "c.safetensors", 7)
     report = check_models([a, b, c])  # the others disagree too: no one to side with
     assert report.problems[b] and report.problems[c] and not report.problems[a]
+
+
+def test_names_that_differ_by_a_prefix_are_explained(tmp_path):
+    """A Lightning-style `model.` prefix on one model's names: it lacks every tensor, but
+    the reason says the weights are there under another name."""
+    plain = write(tmp_path / "plain.safetensors", 5)
+    prefixed = str(tmp_path / "lightning.safetensors")
+    save_file(
+        {"model.w": np.zeros((5, 4), np.float32), "model.b": np.zeros(5, np.float32)}, prefixed
+    )
+    reason = check_models([plain, prefixed], extra_keys="error").problems[prefixed][0]
+    assert "lacks 2 tensor(s)" in reason and "prefix 'model.' here" in reason
+    reason = check_models([prefixed, plain], extra_keys="error").problems[plain][0]
+    assert "prefix 'model.' in lightning.safetensors" in reason
+    other = str(tmp_path / "other.safetensors")
+    save_file({"w2": np.zeros((5, 4), np.float32), "b": np.zeros(5, np.float32)}, other)
+    assert "prefix" not in check_models([plain, other]).problems[other][0]
