@@ -5,7 +5,7 @@ the CLI reads one from a file; the merged file stores the one that made it. Reci
 that people publish beside mergekit merges (`linear`, `slerp`, `task_arithmetic`,
 `ties`, `dare_linear`, `dare_ties` with `models`, `base_model`, `parameters`, `dtype`,
 `out_dtype`) load unchanged. Keys we add: `seed` (random methods), `data` and `arch`
-(methods that need evaluation data or an architecture).
+(methods that need data or an architecture).
 """
 
 from __future__ import annotations

@@ -85,7 +85,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", help=f"compute dtype ({', '.join(DTYPES)}); default float32")
     p.add_argument("--out-dtype", help="output dtype; default: --dtype, else the inputs' own")
     p.add_argument("--seed", type=int, default=0, help="seed for random methods (DARE)")
-    p.add_argument("--data", help="evaluation data: digits, or an .npz with arrays x and y")
+    p.add_argument(
+        "--data",
+        help="data the method runs the models on (activation matching, BatchNorm statistics): "
+        "digits, or an .npz with arrays x and y",
+    )
     p.add_argument("--arch", help="architecture: a family name or path/to/model.py:factory")
     p.add_argument("--save-recipe", metavar="FILE", help="also write the recipe as YAML")
     p.add_argument(
