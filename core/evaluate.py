@@ -27,6 +27,12 @@ def evaluate(
     """
     if len(dataset) == 0:
         raise MergerError(f"data set '{dataset.name}' is empty", hint="give data with examples")
+    if dataset.y is None:
+        raise MergerError(
+            "the data has no labels (array y), which loss and accuracy need",
+            file=dataset.where,
+            hint="save it with numpy.savez(path, x=inputs, y=labels)",
+        )
     was_training = model.training
     model.eval()
     model.to(device)
@@ -35,6 +41,7 @@ def evaluate(
         for x, y in dataset.batches(batch_size):
             with forward_errors(dataset):
                 logits = model(x.to(device))
+            assert y is not None  # checked above
             y = y.to(device)
             _check_logits(logits, y, dataset.name)
             total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))

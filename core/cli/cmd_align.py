@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="weights",
         help="match weights (data-free, default) or activations on --data",
     )
-    p.add_argument("--data", help="digits, or an .npz with arrays x and y (for --by activations)")
+    p.add_argument(
+        "--data", help="digits, or an .npz with array x (y, the labels, is optional here)"
+    )
     p.add_argument("--metric", choices=("correlation", "euclidean"), default="correlation")
     p.add_argument("--max-iter", type=_positive, default=100, help="most weight-matching sweeps")
     p.add_argument("--seed", type=int, default=0, help="seed of the sweep order")

@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         help="data the method runs the models on (activation matching, BatchNorm statistics): "
-        "digits, or an .npz with arrays x and y",
+        "digits, or an .npz with array x (and y, labels, not needed here)",
     )
     p.add_argument("--arch", help="architecture: a family name or path/to/model.py:factory")
     p.add_argument("--save-recipe", metavar="FILE", help="also write the recipe as YAML")

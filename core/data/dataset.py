@@ -15,10 +15,11 @@ import torch
 
 @dataclass(frozen=True)
 class Dataset:
-    """Inputs `x` (N, ...) as float32 and integer labels `y` (N,) as int64."""
+    """Inputs `x` (N, ...) as float32 and integer labels `y` (N,) as int64, or None where
+    the data has no labels (enough for activations and BatchNorm, not for evaluation)."""
 
     x: torch.Tensor
-    y: torch.Tensor
+    y: torch.Tensor | None
     name: str
     origin: str = ""  # the file it came from, for messages ("" for built-in data)
 
@@ -37,19 +38,22 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
-        return int(self.y.max().item()) + 1 if len(self) else 0
+        return int(self.y.max().item()) + 1 if len(self) and self.y is not None else 0
 
     def batches(
         self, batch_size: int = 256, *, limit: int | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(x, y) pairs in order, the last one possibly shorter; at most `limit` of them."""
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(x, y) pairs in order, the last one possibly shorter; at most `limit` of them
+        (y is None for data without labels)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         for count, start in enumerate(range(0, len(self), batch_size)):
             if limit is not None and count >= limit:
                 return
-            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+            end = start + batch_size
+            yield self.x[start:end], None if self.y is None else self.y[start:end]
 
     def subset(self, index: torch.Tensor, name: str | None = None) -> Dataset:
         """The examples at `index`, as a new data set."""
-        return Dataset(self.x[index], self.y[index], name or self.name, self.origin)
+        y = None if self.y is None else self.y[index]
+        return Dataset(self.x[index], y, name or self.name, self.origin)

@@ -1,5 +1,8 @@
 """User data as an `.npz` file holding arrays `x` (inputs) and `y` (integer labels).
 
+`y` may be left out where only inputs are needed (activation matching, BatchNorm
+statistics); evaluation asks for it.
+
 `.npz` is what numpy writes with `np.savez`; it needs no pickle to read, so a data file
 cannot run code. Everything is validated here so that a bad file gives one clear
 message naming the file instead of a shape error deep in a forward pass.
@@ -46,18 +49,28 @@ def load_npz(path: str | Path) -> Dataset:
             file=path,
             hint=_HINT,
         ) from exc
-    missing = [name for name in ("x", "y") if name not in arrays]
-    if missing:
+    if "x" not in arrays:
         found = ", ".join(sorted(arrays)) or "none"
         raise MergerError(
-            f"the archive lacks array(s) {', '.join(missing)} (found: {found})",
+            f"the archive lacks array x, the inputs (found: {found})", file=path, hint=_HINT
+        )
+    x = arrays["x"]
+    _check_numeric(path, "x", x)
+    if x.ndim < 1:
+        raise MergerError(
+            f"'x' must hold one example per row, but it has shape {x.shape}",
             file=path,
             hint=_HINT,
         )
-    x, y = arrays["x"], arrays["y"]
-    _check_numeric(path, "x", x)
+    if x.shape[0] == 0:
+        raise MergerError("the data set is empty", file=path, hint=_HINT)
+    if not np.all(np.isfinite(x)):
+        raise MergerError("x holds NaN or infinite values", file=path)
+    if "y" not in arrays:  # inputs only: enough to run the models, not to score them
+        return Dataset(_as_inputs(x), None, path.stem, str(path))
+    y = arrays["y"]
     _check_numeric(path, "y", y)
-    if x.ndim < 1 or y.ndim != 1:
+    if y.ndim != 1:
         raise MergerError(
             f"'y' must be one label per example (1-D), but x has shape {x.shape} "
             f"and y has shape {y.shape}",
@@ -70,10 +83,6 @@ def load_npz(path: str | Path) -> Dataset:
             file=path,
             hint="both arrays need the same length along their first axis",
         )
-    if x.shape[0] == 0:
-        raise MergerError("the data set is empty", file=path, hint=_HINT)
-    if not np.all(np.isfinite(x)):
-        raise MergerError("x holds NaN or infinite values", file=path)
     return Dataset(_as_inputs(x), _as_labels(path, y), path.stem, str(path))
 
 

@@ -343,3 +343,19 @@ def test_nan_anywhere_in_a_model_is_refused_by_name(demo, tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"{bad}: tensor '{last_bias}': holds NaN" in err, err
         assert not out.exists()
+
+
+def test_activation_matching_takes_inputs_without_labels(demo, tmp_path, capsys):
+    import numpy as np
+
+    with np.load(demo.data) as archive:
+        x = archive["x"]
+    unlabelled = tmp_path / "x_only.npz"
+    np.savez(unlabelled, x=x)
+    a_path, b_path = demo.seeds
+    out = tmp_path / "b_al.safetensors"
+    args = ["align", str(a_path), str(b_path), "-o", str(out), "--by", "activations"]
+    assert main([*args, "--data", str(unlabelled), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(unlabelled)]) == 1
+    assert f"{unlabelled}: the data has no labels" in capsys.readouterr().err

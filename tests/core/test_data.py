@@ -53,8 +53,7 @@ def test_npz_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("arrays", "fragment"),
     [
-        ({"x": np.ones((3, 2))}, "lacks array(s) y"),
-        ({"inputs": np.ones((3, 2)), "labels": np.zeros(3)}, "lacks array(s) x, y"),
+        ({"inputs": np.ones((3, 2)), "labels": np.zeros(3)}, "lacks array x, the inputs"),
         ({"x": np.ones((3, 2)), "y": np.zeros(4, dtype=int)}, "3 examples but y has 4"),
         ({"x": np.array([["a", "b"]] * 3), "y": np.zeros(3, dtype=int)}, "non-numeric"),
         ({"x": np.ones((3, 2)), "y": np.array([0.5, 1, 2])}, "whole numbers"),
@@ -78,3 +77,22 @@ def test_missing_and_corrupt_files(tmp_path):
     junk.write_bytes(b"not a zip at all")
     with pytest.raises(MergerError, match="cannot read it as an .npz"):
         load_dataset(str(junk))
+
+
+def test_inputs_without_labels_serve_activations_but_not_evaluation(tmp_path):
+    """Activation matching and BatchNorm statistics need only x; loss and accuracy need y,
+    and evaluation says so, naming the file."""
+    from torch import nn
+
+    from core.evaluate import evaluate
+
+    path = tmp_path / "unlabelled.npz"
+    np.savez(path, x=np.arange(10, dtype=np.float32).reshape(5, 2))
+    data = load_dataset(path)
+    assert data.y is None and data.where == str(path)
+    assert [tuple(x.shape) for x, _ in data.batches(2)] == [(2, 2), (2, 2), (1, 2)]
+    assert all(y is None for _, y in data.batches(2))
+    assert data.subset(torch.tensor([0, 4])).y is None
+    with pytest.raises(MergerError, match="no labels") as info:
+        evaluate(nn.Linear(2, 3), data)
+    assert str(path) in str(info.value)
