@@ -37,6 +37,9 @@ FAMILIES: dict[str, Family] = {
     family.name: family for family in (mlp.FAMILY, vgg.FAMILY, RESNET20, RESNET18, RESNET50)
 }
 
+# Where users name an architecture, for hints that both fronts show.
+WHERE = "(Architecture in the window, --arch on the command line)"
+
 __all__ = ["FAMILIES", "Architecture", "Family", "detect_family", "resolve_architecture"]
 
 
@@ -48,12 +51,13 @@ def detect_family(shapes: Shapes) -> str:
     if fitting:
         raise MergerError(
             f"the checkpoint fits several architectures: {', '.join(fitting)}",
-            hint=f"pick one with --arch NAME (one of {', '.join(fitting)})",
+            hint=f"pick one of {', '.join(fitting)} as the architecture {WHERE}",
         )
     reasons = "; ".join(f"{name}: {FAMILIES[name].fits(shapes)}" for name in FAMILIES)
     raise MergerError(
         f"no built-in architecture fits the checkpoint ({reasons})",
-        hint="name one with --arch NAME, or give your model as --arch path/to/model.py:factory",
+        hint="name the architecture, or give your model's code as path/to/model.py:factory "
+        f"{WHERE}",
     )
 
 
@@ -100,8 +104,8 @@ def _resolve(arch: str | None, state: State, *, allow_code: bool, need_spec: boo
     if reason is not None:
         raise MergerError(
             f"the checkpoint is not a '{name}' model: {reason}",
-            hint="pick another architecture, leave --arch out to detect it, or give the "
-            "model's code as --arch path/to/model.py:factory",
+            hint="pick another architecture, leave it to be detected, or give the model's "
+            f"code as path/to/model.py:factory {WHERE}",
         )
     option = option or (family.options[0] if family.options else "")
     spec = family.spec(shapes).infer_sizes(state)

@@ -107,7 +107,9 @@ def _importable_folder(folder: Path) -> Iterator[None]:
 
 def _import(path: Path) -> ModuleType:
     if not path.is_file():
-        raise MergerError("no such model file", file=path, hint="--arch path/to/model.py:factory")
+        raise MergerError(
+            "no such model file", file=path, hint="check the path in path/to/model.py:factory"
+        )
     name = f"merger_user_model_{abs(hash(path.resolve()))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:

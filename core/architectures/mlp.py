@@ -40,8 +40,8 @@ def layer_chain(shapes: Shapes) -> list[str]:
     if isinstance(reason, str):
         raise MergerError(
             f"not an MLP: {reason}",
-            hint="give the model's code as --arch path/to/model.py:factory, or pick another "
-            "architecture",
+            hint="give the model's code as path/to/model.py:factory (Architecture in the "
+            "window, --arch on the command line), or pick another architecture",
         )
     return reason
 

@@ -23,7 +23,7 @@ def test_several_fitting_families_are_refused_with_candidates(monkeypatch):
     with pytest.raises(MergerError) as info:
         detect_family({"a.weight": (3, 4)})
     text = str(info.value)
-    assert "several architectures: mlp, mlp_twin" in text and "--arch NAME" in text
+    assert "several architectures: mlp, mlp_twin" in text and "(Architecture in the window" in text
 
 
 def test_nothing_fitting_lists_each_familys_reason():

@@ -133,7 +133,7 @@ def test_square_layers_whose_names_do_not_tell_their_order_are_refused():
     with pytest.raises(MergerError) as info:
         resolve_architecture("mlp", state)
     assert "layer_post [4, 4] and layer_pre [4, 4] cannot be told" in str(info.value)
-    assert "--arch path/to/model.py:factory" in info.value.hint
+    assert "path/to/model.py:factory (Architecture in the window, --arch" in info.value.hint
     with pytest.raises(MergerError, match="no built-in architecture fits"):
         resolve_architecture(None, state)
 
