@@ -71,3 +71,24 @@ def format_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+def summary_line(text: str, limit: int = 120) -> str:
+    """The first line of `text`, cut to about `limit` characters; '…' when more follows.
+
+    For labels that must stay short however long the message (the hint beside Save and
+    Merge): the cut prefers the start of a parenthesis, where core's messages put the
+    reasons and the hint, then a space. The full text belongs in a tooltip or the log.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if len(first) <= limit:
+        return first + (" …" if len(lines) > 1 else "")
+    head = first[:limit]
+    cut = head[: limit - 1]
+    for sep in (" (", " "):
+        at = head.rfind(sep)
+        if at >= limit // 2:
+            cut = head[:at]
+            break
+    return cut.rstrip(" ,;:") + "…"

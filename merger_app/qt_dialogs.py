@@ -33,7 +33,8 @@ KEEP_DTYPE = "Keep (as merged)"
 
 
 def show_error(parent: QWidget, title: str, message: str, details: str = "") -> QMessageBox:
-    """A warning box with the message; the traceback goes under 'Show Details…'."""
+    """A warning box with the message; a bug's traceback goes under 'Show Details…' (a user
+    error comes without details: its message and hint say all there is to do)."""
     box = QMessageBox(
         QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, parent
     )
@@ -44,20 +45,32 @@ def show_error(parent: QWidget, title: str, message: str, details: str = "") -> 
     return box
 
 
-def ask_unsaved(parent: QWidget) -> str:
-    """'save', 'discard' or 'cancel' for a merged model that was not saved."""
+def ask_unsaved(parent: QWidget, *, can_save: bool = True) -> str:
+    """'save', 'discard' or 'cancel' for a merged model that was not saved.
+
+    With `can_save` False (the models or settings changed since that merge, so Save is
+    off) the choice is only to discard it or keep the window open."""
+    buttons = QMessageBox.StandardButton
+    if not can_save:
+        answer = QMessageBox.question(
+            parent,
+            "Unsaved merge",
+            "The last merged model has not been saved, and the models or settings changed "
+            "since, so it cannot be saved. Close and discard it?",
+            buttons.Discard | buttons.Cancel,
+            buttons.Cancel,
+        )
+        return "discard" if answer == buttons.Discard else "cancel"
     answer = QMessageBox.question(
         parent,
         "Unsaved merge",
         "The merged model has not been saved. Save it before closing?",
-        QMessageBox.StandardButton.Save
-        | QMessageBox.StandardButton.Discard
-        | QMessageBox.StandardButton.Cancel,
-        QMessageBox.StandardButton.Save,
+        buttons.Save | buttons.Discard | buttons.Cancel,
+        buttons.Save,
     )
-    if answer == QMessageBox.StandardButton.Save:
+    if answer == buttons.Save:
         return "save"
-    if answer == QMessageBox.StandardButton.Discard:
+    if answer == buttons.Discard:
         return "discard"
     return "cancel"
 

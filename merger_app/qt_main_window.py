@@ -26,6 +26,7 @@ from core import __version__
 from core.devices import available_devices
 from core.errors import MergerError
 from core.recipe import Recipe
+from merger_app._format import summary_line
 from merger_app._jobs import demo_folder, demo_job, export_job, merge_job, remove_path
 from merger_app._recipe_build import build_recipe, merge_blockers
 from merger_app.qt_actions import build_actions
@@ -46,6 +47,8 @@ from merger_app.qt_status import QtStatusFields
 from merger_app.qt_worker import QtJobRunner
 
 CLOSE_WAIT_MS = 5000
+HINT_LIMIT = 120  # characters: about three lines beside Save and Merge at 1280×800
+STALE_RESULT = "The models or settings changed since the last merge: merge again to save."
 _DONE_TEXT = {"merge": "Merge finished.", "save": "Saved.", "demo": "Demo models ready."}
 ICON = Path(__file__).parent / "resources" / "merger.svg"
 
@@ -222,8 +225,9 @@ class QtMainWindow(QtFileActions, QMainWindow):
 
     # -- save --------------------------------------------------------------------------------
     def choose_save(self) -> None:
-        if self.result is None:
-            self.statusBar().showMessage("Nothing to save yet: merge first.", 5000)
+        if self.result is None or not self._result_is_current():
+            self._close_after_save = False
+            self.statusBar().showMessage(self._save_tip(False), 5000)
             return
         folder = self.settings.last_folder("save") or str(Path.home())
         suggested = Path(folder) / f"merged-{self.result_recipe.merge_method}.safetensors"
@@ -353,30 +357,56 @@ class QtMainWindow(QtFileActions, QMainWindow):
     def _update_actions(self) -> None:
         blockers = self.blockers()
         running = self.runner.running
+        current = self._result_is_current()
         self.merge_button.setEnabled(not blockers)
         self.actions.merge.setEnabled(not blockers)
         self.actions.cancel.setEnabled(running)
-        can_save = self.result is not None and not running
+        # Save writes the last merge, so only while the window still shows its models and
+        # settings: never an earlier result under what the window says now
+        can_save = self.result is not None and current and not running
         self.save_button.setEnabled(can_save)
         self.actions.save.setEnabled(can_save)
+        self.save_button.setToolTip(self._save_tip(current))
         tip = blockers[0] if blockers else "Merge the models (Ctrl+Return)"
         self.merge_button.setToolTip(tip)
+        self._set_hint(self._hint_text(blockers, current))
+
+    def _hint_text(self, blockers: list[str], current: bool) -> str:
+        """What to do next: what blocks Merge, the failure of the last merge with these
+        settings, or what to do with its result."""
         failed = self._failed_merge
         if blockers:
-            self.hint.setText(f"⚠ {blockers[0]}")
-        elif failed is not None and failed[0] is not None and failed[0] == self._recipe_or_none():
-            first = failed[1].strip().splitlines()[0] if failed[1].strip() else "see the log"
-            self.hint.setText(f"⚠ The last merge with these settings failed: {first}")
-        elif self.result is not None and not self.saved and self._result_is_current():
-            self.hint.setText(
-                "Merged. Save the result (Ctrl+S), or change settings and merge again."
-            )
-        elif self.result is not None and not self.saved:
-            self.hint.setText(
-                "Settings changed since the last merge: Merge again, or Save the earlier result."
-            )
-        else:
-            self.hint.setText("Ready to merge.")
+            return f"⚠ {blockers[0]}"
+        if failed is not None and failed[0] is not None and failed[0] == self._recipe_or_none():
+            why = failed[1].strip() or "see the log"
+            return f"⚠ The last merge with these settings failed: {why}"
+        if self.result is not None and not self.saved:
+            if current:
+                return "Merged. Save the result (Ctrl+S), or change settings and merge again."
+            return STALE_RESULT
+        return "Ready to merge."
+
+    def _save_tip(self, current: bool) -> str:
+        """Why Save is off, or what it does."""
+        if self.result is None:
+            return "Nothing to save yet: merge first."
+        if not current:
+            return STALE_RESULT
+        return "Write the merged model to a file or folder (Ctrl+S)"
+
+    def _set_hint(self, text: str) -> None:
+        """A short hint beside the buttons (models by file name, cut to one summary line)
+        so a long error does not push the layout around; the whole text is its tooltip
+        (and, for a failed merge, in the log)."""
+        short = summary_line(self._by_file_name(text), HINT_LIMIT)
+        self.hint.setText(short)
+        self.hint.setToolTip(text if short != text else "")
+
+    def _by_file_name(self, text: str) -> str:
+        """`text` with each listed model's path shortened to the name the table shows."""
+        for row in sorted(self.models.model.rows(), key=lambda r: len(r.path), reverse=True):
+            text = text.replace(row.path, row.name)
+        return text
 
     def _recipe_or_none(self) -> Recipe | None:
         """The recipe the panels describe, or None while they describe none."""
@@ -387,6 +417,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
 
     def _result_is_current(self) -> bool:
         """Does the last merge result still match what the panels show?"""
+        if self.result is None:
+            return False
         try:
             return self.current_recipe() == self.result_recipe
         except MergerError:
@@ -425,5 +457,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
         super().closeEvent(event)
 
     def ask_unsaved(self) -> str:
-        """'save', 'discard' or 'cancel'; a separate method so tests can answer it."""
-        return ask_unsaved(self)
+        """'save', 'discard' or 'cancel'; a separate method so tests can answer it.
+
+        A result the window no longer describes cannot be saved (see `_update_actions`),
+        so then the question is only whether to close and discard it."""
+        return ask_unsaved(self, can_save=self._result_is_current())

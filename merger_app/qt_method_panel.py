@@ -3,11 +3,14 @@
 Everything here is generated from `core.methods.REGISTRY`: the combo lists the methods,
 the form shows the global parameters (per-model ones are columns of the models table),
 and the data / architecture / seed fields appear only for methods that use them.
+Each method keeps its own parameter values for the session: a name such as lambda means
+something else in another method, so picking a method shows its defaults the first time
+and what the user left there afterwards, never a value set for another method.
 """
 
 from __future__ import annotations
 
-import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
@@ -75,6 +78,14 @@ def architecture_choices() -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class _MethodValues:
+    """One method's form as the user left it: editor values as shown, per-layer overrides."""
+
+    scalars: dict[str, Any]
+    per_tensor: dict[str, PerTensor]
+
+
 class QtMethodPanel(QWidget):
     """Method combo, description, needs, parameter form, per-layer values, outputs."""
 
@@ -100,6 +111,10 @@ class QtMethodPanel(QWidget):
         self.reset_button = QPushButton("Reset to defaults", self)
         self.reset_button.setToolTip("Set every parameter of this method back to its default")
         self.per_tensor = QtPerTensorEditor(self)
+        # what each method's form held when another was picked: a parameter's meaning (and
+        # default) is the method's own, so values never pass from one method to another
+        self._kept: dict[str, _MethodValues] = {}
+        self._shown = ""  # the method the form shows now
 
         self.data_combo = QComboBox(self)
         self.data_combo.setEditable(True)
@@ -230,24 +245,19 @@ class QtMethodPanel(QWidget):
         return problems
 
     # -- internals -----------------------------------------------------------------------
-    def _current_values(self) -> tuple[dict[str, Any], dict[str, PerTensor]]:
-        """What the user set (not defaults, which differ between methods), to carry over to a
-        method with parameters of the same name."""
-        try:
-            scalars = self.form.changed_values()
-        except MergerError:
-            scalars = {}
-        try:
-            per = self.per_tensor.values()
-        except MergerError:
-            per = {}
-        return scalars, per
+    def _keep_shown(self) -> None:
+        """Remember the shown method's values, to put back when it is picked again."""
+        if self._shown:
+            self._kept[self._shown] = _MethodValues(
+                self.form.shown_values(), self.per_tensor.kept_values()
+            )
 
-    def _restore(self, scalars: dict[str, Any], per: dict[str, PerTensor]) -> None:
-        for name, value in scalars.items():
-            with contextlib.suppress(MergerError):  # out of the new method's range: default
-                self.form.set_values({name: value})
-        self.per_tensor.set_values(per)
+    def _show_kept(self, name: str) -> None:
+        """The values `name` had when last shown; its defaults the first time."""
+        kept = self._kept.get(name)
+        if kept is not None:
+            self.form.show_values(kept.scalars)
+            self.per_tensor.set_values(kept.per_tensor)
 
     def _mark_overrides(self) -> None:
         """A gradient replaces the form's value; filters use it only where none matches."""
@@ -273,10 +283,11 @@ class QtMethodPanel(QWidget):
         link = f' <a href="{spec.reference_url}">Reference</a>' if spec.reference_url else ""
         self.description.setText(f"{spec.description}{link}")
         self.needs.setText(needs_text(spec))
-        kept, kept_per = self._current_values()
+        self._keep_shown()
         self.form.set_params(tuple(p for p in spec.params if not p.per_model))
         self.per_tensor.set_params(spec.params)
-        self._restore(kept, kept_per)
+        self._show_kept(spec.name)
+        self._shown = spec.name
         self._mark_overrides()
         for label, row, shown in (
             (self._data_label, self._data_row, spec.needs.data or spec.needs.uses_data),

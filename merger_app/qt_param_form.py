@@ -115,12 +115,16 @@ class QtParamForm(QWidget):
     def values(self) -> dict[str, Any]:
         return {p.name: p.coerce(editor_value(self._editors[p.name])) for p in self._params}
 
-    def changed_values(self) -> dict[str, Any]:
-        """The values the user moved away from their defaults (RecipeError if invalid)."""
-        return {k: v for k, v in self.values().items() if v != self._param(k).default}
+    def shown_values(self) -> dict[str, Any]:
+        """What the editors hold, uncoerced: kept per method and put back exactly by
+        `show_values`, even a half-typed text that does not parse yet."""
+        return {name: editor_value(editor) for name, editor in self._editors.items()}
 
-    def _param(self, name: str) -> Param:
-        return next(p for p in self._params if p.name == name)
+    def show_values(self, values: dict[str, Any]) -> None:
+        """Put back what `shown_values` returned for these parameters (others unchanged)."""
+        for name, value in values.items():
+            if name in self._editors:
+                set_editor_value(self._editors[name], value)
 
     def set_values(self, values: dict[str, Any]) -> None:
         """Set the given parameters (coerced, so out-of-range values raise RecipeError)."""

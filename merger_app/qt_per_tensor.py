@@ -149,6 +149,14 @@ class QtPerTensorEditor(QWidget):
             self._data[self._current] = self._read_current()
         return {k: v for k, v in self._data.items() if not v.empty}
 
+    def kept_values(self) -> dict[str, PerTensor]:
+        """The overrides as last valid, never an error: what a method keeps while another
+        one is shown (a half-typed entry is dropped, as switching parameters drops it)."""
+        if self._current:
+            with contextlib.suppress(RecipeError):
+                self._data[self._current] = self._read_current()
+        return {k: v for k, v in self._data.items() if not v.empty}
+
     def set_values(self, values: dict[str, PerTensor]) -> None:
         self._data = {k: v for k, v in values.items() if k in self._params}
         self._current = ""

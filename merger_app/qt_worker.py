@@ -49,7 +49,7 @@ class QtWorker(QObject):
     log = Signal(str)
     warned = Signal(str)
     result = Signal(object)
-    error = Signal(str, str)  # message for people, details (traceback)
+    error = Signal(str, str)  # message for people, details (a bug's traceback, else "")
     cancelled = Signal()
     finished = Signal()
 
@@ -80,7 +80,9 @@ class QtWorker(QObject):
         except Cancelled:
             self.cancelled.emit()
         except MergerError as exc:
-            self.error.emit(str(exc), traceback.format_exc())
+            # A user error: its message says what is wrong and what to do; a traceback
+            # under it would only suggest a bug in Merger.
+            self.error.emit(str(exc), "")
         except MemoryError:
             self.error.emit(
                 "Out of memory. Close other programs, merge fewer or smaller "
@@ -102,7 +104,8 @@ class QtJobRunner(QObject):
 
     Signals are emitted on the GUI thread. `succeeded(name, result)`,
     `failed(name, message, details)` or `cancelled(name)` comes first, then `done(name)`
-    once the thread has finished (`running` is False by then).
+    once the thread has finished (`running` is False by then). `details` is the traceback
+    of a bug (or of running out of memory), empty for a user error (`MergerError`).
     """
 
     started = Signal(str)

@@ -11,6 +11,7 @@ from merger_app._format import (
     human_count,
     human_duration,
     remaining_seconds,
+    summary_line,
 )
 from merger_app._recipe_build import PerTensor, param_value, parse_gradient, split_value
 
@@ -87,3 +88,22 @@ def test_split_value_inverts_param_value(per):
     scalar, back = split_value(value, default=1.0)
     assert back == per
     assert scalar == (0.7 if not per.gradient else 1.0)  # a gradient replaces the scalar
+
+
+@pytest.mark.parametrize(
+    ("text", "short"),
+    [
+        ("Ready to merge.", "Ready to merge."),
+        ("first line\nsecond line", "first line …"),
+        ("\n  padded  \n", "padded"),
+        # core's messages put reasons and hints in parentheses: cut before them
+        (
+            "x.safetensors: no architecture fits (" + "mlp: no 2-D tensors; " * 9 + ")",
+            "x.safetensors: no architecture fits…",
+        ),
+        ("word " * 30, "word " * 11 + "word…"),
+    ],
+)
+def test_summary_line_is_the_first_line_cut_short(text, short):
+    assert summary_line(text, limit=60) == short
+    assert len(summary_line(text, limit=60)) <= 60 + len(" …")  # ' …': more lines follow

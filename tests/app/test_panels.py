@@ -224,15 +224,64 @@ def test_open_recipe_fills_the_panels_and_export_writes_it_back(window, tiny, tm
     assert back.parameters["lambda"] == [0.5, 1.0] and back.parameters["normalize"] is False
 
 
-def test_switching_method_keeps_what_the_user_set(window):
+def default(method: str, param: str):
+    return next(p.default for p in REGISTRY.get(method).params if p.name == param)
+
+
+def test_each_method_keeps_its_own_values(window):
+    """lambda scales task vectors in task arithmetic but places the merge between A and
+    the aligned B in weight matching: a value set for one never shows up in the other."""
+    form = window.method.form
     window.method.set_method("task_arithmetic")
-    window.method.form.set_values({"lambda": 0.7})
+    form.set_values({"lambda": 0.7, "normalize": True})
+    window.method.set_method("weight_matching")
+    assert form.values()["lambda"] == default("weight_matching", "lambda")
+    assert window.current_recipe().parameters["lambda"] == default("weight_matching", "lambda")
+    form.set_values({"lambda": 0.25})
+    window.method.set_method("task_arithmetic")
+    assert form.values()["lambda"] == 0.7 and form.values()["normalize"] is True
+    window.method.set_method("weight_matching")
+    assert form.values()["lambda"] == 0.25
+    window.method.set_method("ties")  # never shown before: its own defaults
+    spec = REGISTRY.get("ties")
+    assert form.values() == {p.name: p.default for p in spec.params if not p.per_model}
+    window.method.set_method("task_arithmetic")
+    window.method.reset_button.click()
+    assert form.values()["lambda"] == default("task_arithmetic", "lambda")
+    window.method.set_method("weight_matching")
+    assert form.values()["lambda"] == 0.25  # Reset touched only the method shown
+
+
+def test_per_layer_values_stay_with_their_method(window):
+    editor = window.method.per_tensor
+    window.method.set_method("task_arithmetic")
+    editor.select_param("lambda")
+    editor.gradient.setText("0, 0.5, 1")
     window.method.set_method("ties")
-    assert window.method.form.values()["lambda"] == 0.7
-    assert window.method.form.values()["normalize"] is True  # ties' own default, not carried
+    assert window.method.per_tensor_values() == {}
+    assert window.method.form.editor("lambda").isEnabled()  # no gradient replaces it here
     window.method.set_method("task_arithmetic")
-    assert window.method.form.values() == {**window.method.form.values(), "lambda": 0.7}
-    assert window.method.form.values()["normalize"] is False
+    assert window.method.per_tensor_values() == {"lambda": PerTensor(gradient=(0.0, 0.5, 1.0))}
+    assert not window.method.form.editor("lambda").isEnabled()
+
+
+def test_a_recipes_values_belong_to_its_method(window, tiny, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"merge_method: task_arithmetic\nbase_model: {tiny.base}\n"
+        f"models: [{{model: {tiny.models['a']}}}]\nparameters: {{lambda: 0.7}}\n"
+    )
+    window.method.set_method("task_arithmetic")
+    window.method.form.set_values({"lambda": 0.3})  # replaced by the recipe's value
+    assert window.open_recipe(recipe)
+    assert window.method.form.values()["lambda"] == 0.7
+    window.method.set_method("weight_matching")
+    assert window.export_recipe(tmp_path / "out.yaml")
+    exported = Recipe.load(tmp_path / "out.yaml")
+    assert exported.merge_method == "weight_matching"
+    assert exported.parameters["lambda"] == default("weight_matching", "lambda")
+    window.method.set_method("task_arithmetic")
+    assert window.method.form.values()["lambda"] == 0.7
 
 
 def test_cells_holding_a_gradient_are_not_flattened_by_the_editor(window, tiny, tmp_path):

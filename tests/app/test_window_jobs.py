@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
-from app_helpers import load_for_method, merge, wait_idle
+from app_helpers import load_for_method, merge, save_tiny, wait_idle
 from PySide6.QtCore import QElapsedTimer, QTimer
 
+from merger_app.qt_main_window import HINT_LIMIT
 from merger_app.qt_worker import live_threads
 
 
@@ -102,7 +104,7 @@ def test_closing_during_a_merge_cancels_and_waits(window, qtbot, big):
     assert not session.exists()  # and removed the session folder
 
 
-def test_failed_merge_shows_the_error_with_details(window, qtbot, tiny, tmp_path):
+def test_failed_merge_shows_the_error_and_the_hint_keeps_saying_so(window, qtbot, tiny, tmp_path):
     import shutil
 
     gone = shutil.copy(tiny.models["a"], tmp_path / "gone.safetensors")
@@ -113,7 +115,7 @@ def test_failed_merge_shows_the_error_with_details(window, qtbot, tiny, tmp_path
     box = window.last_error
     assert box is not None and box.isVisible()
     assert "gone.safetensors" in box.text()
-    assert box.detailedText()  # the traceback, folded under Show Details
+    assert box.detailedText() == ""  # a user error: its message, no traceback to show
     assert "failed" in window.jobs.step.text()
     box.close()
     # the hint keeps saying so while the settings are the ones that failed
@@ -121,6 +123,34 @@ def test_failed_merge_shows_the_error_with_details(window, qtbot, tiny, tmp_path
     assert "gone.safetensors" in window.hint.text()
     window.method.form.set_values({"lambda": 0.3})
     assert "failed" not in window.hint.text()
+
+
+def test_a_long_user_error_is_a_short_hint_and_a_box_without_details(window, qtbot, tmp_path):
+    """Auto-detection that fits no architecture lists every family's reason: the box
+    says it all without a traceback; the hint gives a short summary (the layout keeps
+    its place), the full message is in the hint's tooltip and in the log."""
+    rng = np.random.default_rng(0)
+    paths = [
+        save_tiny(
+            tmp_path / f"odd{i}.safetensors", {"a.weight": rng.random((4, 2, 3, 3, 3), np.float32)}
+        )
+        for i in range(2)
+    ]
+    window.method.set_method("weight_matching")
+    assert not window.add_models(paths)
+    assert merge(window, qtbot) is None
+    box = window.last_error
+    assert "no built-in architecture fits" in box.text() and "resnet" in box.text()
+    assert box.detailedText() == ""
+    box.close()
+    hint = window.hint.text()
+    assert hint.startswith(
+        "⚠ The last merge with these settings failed: odd0.safetensors: "
+        "no built-in architecture fits"
+    )
+    assert hint.endswith("…") and len(hint) <= HINT_LIMIT and "resnet" not in hint
+    assert box.text() in window.hint.toolTip()
+    assert box.text() in window.jobs.log.toPlainText()
 
 
 def test_unsaved_result_asks_before_closing(window, qtbot, tiny):

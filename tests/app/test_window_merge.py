@@ -11,6 +11,7 @@ from core.checkpoints import open_checkpoint
 from core.cli import main as cli_main
 from core.methods import REGISTRY
 from merger_app.qt_dialogs import SaveOptions
+from merger_app.qt_main_window import STALE_RESULT
 
 
 def tensors(path) -> dict[str, np.ndarray]:
@@ -39,6 +40,25 @@ def test_demo_opens_ready_to_merge_with_task_arithmetic(window, qtbot, demo):
     assert str(demo.seeds[0]) in recent and str(demo.models["even"]) in recent
     assert window.merge_button.isEnabled()
     assert window.hint.text() == "Ready to merge."
+
+
+@pytest.mark.slow
+def test_demo_lambda_stays_with_task_arithmetic(window, qtbot, demo):
+    """The demo recipe's lambda 0.7 scales task vectors; weight matching's lambda (where
+    between A and the aligned B) starts at its own default, as `merger run` uses it."""
+    load_demo(window, qtbot, demo)
+    form = window.method.form
+    assert form.values()["lambda"] == 0.7
+    window.method.set_method("weight_matching")
+    wm_default = next(
+        p.default for p in REGISTRY.get("weight_matching").params if p.name == "lambda"
+    )
+    assert form.values()["lambda"] == wm_default
+    form.set_values({"lambda": 0.9})
+    window.method.set_method("task_arithmetic")
+    assert form.values()["lambda"] == 0.7
+    window.method.set_method("weight_matching")
+    assert form.values()["lambda"] == 0.9
 
 
 @pytest.mark.parametrize("method", REGISTRY.names())
@@ -120,6 +140,94 @@ def test_save_never_replaces_an_input_model_even_when_allowed(window, qtbot, tin
     assert not window.saved
     assert window.last_error is not None and "one of the input models" in window.last_error.text()
     assert target.read_bytes() == before
+
+
+def test_save_is_off_while_the_window_shows_other_models_or_settings(window, qtbot, tiny):
+    """Save writes the last merge, so only while the window still shows what was merged:
+    any change turns it off and says why; undoing the change turns it back on."""
+    load_for_method(window, tiny, "task_arithmetic")  # base + three fine-tunes
+    assert merge(window, qtbot) is not None
+    form, table = window.method.form, window.models.model
+
+    def stale() -> bool:
+        off = not window.save_button.isEnabled() and not window.actions.save.isEnabled()
+        return off and window.save_button.toolTip() == STALE_RESULT
+
+    assert not stale() and window.save_button.isEnabled()
+    merged_lambda = form.values()["lambda"]
+    form.set_values({"lambda": 0.4})
+    assert stale() and window.hint.text() == STALE_RESULT
+    form.set_values({"lambda": merged_lambda})
+    assert not stale() and window.save_button.isEnabled()
+    window.method.set_method("ties")
+    assert stale()
+    window.method.set_method("task_arithmetic")  # its values come back: the merge's
+    assert not stale()
+    assert table.setData(table.index(1, 1), "base")  # another model is the base
+    assert stale()
+    assert table.setData(table.index(0, 1), "base")
+    assert not stale()
+    window.models.view.selectRow(3)
+    window.models.remove_button.click()
+    assert stale() and window.hint.text() == STALE_RESULT
+
+
+def test_a_later_blocked_or_failed_merge_leaves_save_off(window, qtbot, tiny, tmp_path):
+    """The trial: merge, add a model that does not fit (blocked) or one that is gone by
+    the time of the merge (fails): Save must not offer the earlier models' merge."""
+    import shutil
+
+    from app_helpers import save_tiny
+
+    load_for_method(window, tiny, "task_arithmetic")
+    assert merge(window, qtbot) is not None
+    odd = save_tiny(
+        tmp_path / "odd.safetensors", {"layers.0.weight": np.zeros((16, 64), np.float32)}
+    )
+    assert not window.add_models([odd])
+    assert not window.merge_button.isEnabled()  # blocked: odd.safetensors does not fit
+    assert not window.save_button.isEnabled()
+    assert window.save_button.toolTip() == STALE_RESULT
+    window.models.view.selectRow(len(window.models.model.rows()) - 1)
+    window.models.remove_button.click()
+    assert window.save_button.isEnabled()  # the merged models again
+
+    gone = shutil.copy(tiny.models["a"], tmp_path / "gone.safetensors")
+    assert not window.add_models([gone])
+    (tmp_path / "gone.safetensors").unlink()
+    assert merge(window, qtbot) is None
+    window.last_error.close()
+    assert window.hint.text().startswith("⚠ The last merge with these settings failed")
+    assert not window.save_button.isEnabled() and not window.actions.save.isEnabled()
+    assert window.save_button.toolTip() == STALE_RESULT
+
+
+def test_closing_with_an_outdated_merge_offers_only_to_discard_it(window, qtbot, tiny):
+    """Save is off for a merge the window no longer shows, so the close question is
+    whether to discard it; Cancel keeps the window (and the merge) open."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    load_for_method(window, tiny, "linear")
+    assert merge(window, qtbot) is not None
+    window.method.form.set_values({"normalize": False})
+    seen = []
+
+    def answer() -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, answer)  # not shown yet
+            return
+        seen.append(box.standardButtons())
+        box.button(QMessageBox.StandardButton.Cancel).click()
+
+    QTimer.singleShot(0, answer)
+    del window.ask_unsaved  # the window's own question, not the fixture's answer
+    window.close()
+    buttons = QMessageBox.StandardButton
+    assert seen == [buttons.Discard | buttons.Cancel]
+    assert window.isVisible() and window.result is not None
+    window.ask_unsaved = lambda: "discard"
 
 
 def qtbot_orientation():
