@@ -64,12 +64,13 @@ def display_name(path: str | Path) -> str:
 
 
 def main_dtype(dtypes: list[Any]) -> str:
-    """The dtype most parameters have, with '+' when the model mixes several."""
+    """The dtype most parameters have, marked 'mixed' when the model holds several
+    (integer buffers such as BatchNorm's counter are weighed by size, so rarely decide)."""
     if not dtypes:
         return ""
     counts = Counter(dtype_name(d) for d in dtypes)
     top, _ = counts.most_common(1)[0]
-    return top + (" +" if len(counts) > 1 else "")
+    return top + (" (mixed)" if len(counts) > 1 else "")
 
 
 def summarize(path: str | Path) -> ModelRow:

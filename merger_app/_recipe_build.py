@@ -134,11 +134,14 @@ def build_recipe(
     )
 
 
-def merge_blockers(spec: MethodSpec, rows: Sequence[ModelRow], *, data: str | None) -> list[str]:
+def merge_blockers(
+    spec: MethodSpec, rows: Sequence[ModelRow], *, data: str | None, arch: str | None = None
+) -> list[str]:
     """Why Merge cannot run yet, in the words the hint label shows; [] when it can.
 
     A missing architecture blocks nothing: core detects built-in families from the
-    checkpoint, and says clearly when it cannot.
+    checkpoint, and says clearly when it cannot. A mistyped one blocks (unknown family,
+    `model.py` without its function, a file that is not there).
     """
     if not rows:
         return ["Add models to merge: File ▸ Add Models (Ctrl+O) or drop files on the window."]
@@ -159,9 +162,13 @@ def merge_blockers(spec: MethodSpec, rows: Sequence[ModelRow], *, data: str | No
             + f"; {len(inputs)} are loaded. Remove some or pick another method."
         )
     if needs.data and not data:
-        out.append(f"{spec.label} needs evaluation data: choose 'digits' or a .npz file.")
+        out.append(f"{spec.label} needs data to run the models on: choose 'digits' or a .npz file.")
     if (needs.data or needs.uses_data) and data and data != "digits" and not Path(data).is_file():
         out.append(f"The data file {data} does not exist: choose 'digits' or a .npz file.")
+    from core.architectures import architecture_problem  # loads torch: not at import
+
+    if needs.arch and (problem := architecture_problem(arch)):
+        out.append(f"Architecture: {problem}.")
     out.extend(f"{r.name} cannot be merged: {r.problem}" for r in rows if r.problem)
     return out
 

@@ -169,7 +169,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
         if self.runner.running:
             return [f"{self.runner.name.capitalize()} is running; wait or cancel it (Esc)."]
         m = self.method
-        out = merge_blockers(m.spec(), self.models.model.rows(), data=m.data())
+        out = merge_blockers(m.spec(), self.models.model.rows(), data=m.data(), arch=m.arch())
         if out:
             return out
         if self.settings.device() == "cuda" and "cuda" not in available_devices():

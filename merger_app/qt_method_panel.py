@@ -56,7 +56,7 @@ def needs_text(spec: MethodSpec) -> str:
     else:
         parts.append(f"{n.min_models} to {n.max_models} input models")
     if n.data:
-        parts.append("evaluation data")
+        parts.append("data the models run on (activations)")
     elif n.uses_data:
         parts.append("data (optional, used for BatchNorm statistics)")
     if n.arch:
@@ -120,7 +120,8 @@ class QtMethodPanel(QWidget):
         self.data_combo.setEditable(True)
         self.data_combo.addItems(["", "digits"])  # blank: no data (optional for some methods)
         self.data_combo.setToolTip(
-            "Evaluation data: 'digits' (built in) or a .npz file with arrays x and y"
+            "Data the models run on: 'digits' (built in) or a .npz file with inputs x "
+            "(labels y are not needed here)"
         )
         self.data_browse = QPushButton("Browse…", self)
         self.arch_combo = QComboBox(self)
@@ -304,7 +305,7 @@ class QtMethodPanel(QWidget):
 
     def _browse_data(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Evaluation data", "", "NumPy arrays (*.npz);;All files (*)"
+            self, "Data the models run on", "", "NumPy arrays (*.npz);;All files (*)"
         )
         if path:
             self.data_combo.setCurrentText(path)

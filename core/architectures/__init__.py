@@ -25,6 +25,7 @@ Families (details and parameter names in each module):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -40,7 +41,14 @@ FAMILIES: dict[str, Family] = {
 # Where users name an architecture, for hints that both fronts show.
 WHERE = "(Architecture in the window, --arch on the command line)"
 
-__all__ = ["FAMILIES", "Architecture", "Family", "detect_family", "resolve_architecture"]
+__all__ = [
+    "FAMILIES",
+    "Architecture",
+    "Family",
+    "architecture_problem",
+    "detect_family",
+    "resolve_architecture",
+]
 
 
 def detect_family(shapes: Shapes) -> str:
@@ -115,6 +123,24 @@ def _resolve(arch: str | None, state: State, *, allow_code: bool, need_spec: boo
 
     label = f"{name}:{option}" if option and option != family.options[0] else name
     return Architecture(label, spec, build, family.input_shape(shapes))
+
+
+def architecture_problem(arch: str | None) -> str | None:
+    """What is wrong with an architecture name before any checkpoint is read (an unknown
+    family or option, a .py without its function, a file that does not exist), or None.
+
+    For forms that check as the user types; `resolve_architecture` checks again, with the
+    checkpoint."""
+    if arch is None or arch.strip().lower() in ("", "auto"):
+        return None
+    if _is_file_reference(arch):
+        path = Path(arch.strip().rpartition(":")[0]).expanduser()
+        return None if path.is_file() else f"the model file {path} does not exist"
+    try:
+        _split(arch)
+    except MergerError as exc:
+        return f"{exc.message}: {exc.hint}" if exc.hint else exc.message
+    return None
 
 
 def _is_file_reference(arch: str) -> bool:

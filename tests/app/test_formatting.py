@@ -107,3 +107,13 @@ def test_split_value_inverts_param_value(per):
 def test_summary_line_is_the_first_line_cut_short(text, short):
     assert summary_line(text, limit=60) == short
     assert len(summary_line(text, limit=60)) <= 60 + len(" …")  # ' …': more lines follow
+
+
+def test_main_dtype_names_the_bulk_and_says_when_mixed():
+    import torch
+
+    from merger_app._model_rows import main_dtype
+
+    assert main_dtype([torch.float16] * 5) == "float16"
+    assert main_dtype([torch.bfloat16] * 5 + [torch.int64]) == "bfloat16 (mixed)"
+    assert main_dtype([]) == ""

@@ -45,3 +45,24 @@ def test_architecture_file_runs_only_after_consent(window, qtbot, tiny, tmp_path
     result = merge(window, qtbot)
     assert result is not None, window.last_error and window.last_error.text()
     assert (tmp_path / "model.py.ran").exists()
+
+
+def test_a_mistyped_architecture_blocks_merge_and_says_why(window, tiny, tmp_path):
+    """Not 'Ready to merge.' for text that cannot name an architecture; nothing is run."""
+    load_for_method(window, tiny, "weight_matching")
+    assert window.merge_button.isEnabled()
+    model_py = tmp_path / "model.py"
+    model_py.write_text(MODEL_PY)
+    cases = {
+        str(model_py): "names a Python file but not the function",
+        f"{tmp_path / 'absent.py'}:factory": "does not exist",
+        "lenet": "unknown architecture 'lenet'",
+        "mlp:swish": "no option 'swish'",
+    }
+    for text, reason in cases.items():
+        window.method.arch_combo.setCurrentText(text)
+        assert not window.merge_button.isEnabled(), text
+        assert any(reason in b for b in window.blockers()), (text, window.blockers())
+    window.method.arch_combo.setCurrentText(f"{model_py}:factory")
+    assert window.merge_button.isEnabled()
+    assert not (tmp_path / "model.py.ran").exists()
