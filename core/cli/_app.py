@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "check", None) is not None:
+        args.check(args)  # combinations argparse cannot express; exits 2 like it
     try:
         return int(args.func(args) or 0)
     except MergerError as exc:

@@ -57,7 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace B_ALIGNED if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_align)
+
+    def check(args: argparse.Namespace) -> None:
+        """Options that do not go together: a malformed command line (exit 2)."""
+        if args.by == "activations" and not args.data:
+            p.error("--by activations needs --data (digits, or an .npz with inputs x)")
+
+    p.set_defaults(func=cmd_align, check=check)
 
 
 def _positive(text: str) -> int:
@@ -92,10 +98,6 @@ def _check_same_architecture(path_a: str, path_b: str) -> None:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from core.errors import RecipeError
-
-    if args.by == "activations" and not args.data:
-        raise RecipeError("--by activations needs --data (digits, or an .npz with x and y)")
     # before any work: a wrong name, an existing output or a read-only folder is refused
     check_output_early(args.output, [args.model_a, args.model_b], overwrite=args.overwrite)
     _check_same_architecture(args.model_a, args.model_b)

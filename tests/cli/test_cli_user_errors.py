@@ -363,3 +363,11 @@ def test_a_bad_sweep_count_is_explained(demo, tmp_path, capsys, value, text):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument --max-iter: {text}" in err and "_positive" not in err
+
+
+def test_align_by_activations_without_data_is_a_malformed_command_line(demo, tmp_path, capsys):
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["align", *map(str, demo.seeds), "-o", str(out), "--by", "activations"])
+    assert exit_info.value.code == 2
+    assert "--by activations needs --data" in capsys.readouterr().err
