@@ -79,12 +79,13 @@ def _forward_order(layers: dict[str, tuple[int, int]]) -> list[str] | str:
     remaining = sorted(layers, key=natural_key)
     width: int | None = None  # outputs of the last layer taken; None before the first
     while remaining:
-        options = [
-            m
-            for m in remaining
-            if (width is None or layers[m][1] == width)
-            and _chains_from(layers[m][0], [layers[r] for r in remaining if r != m])
-        ]
+        shapes = [layers[r] for r in remaining]
+        fits = {  # layers of one shape are interchangeable here: test each shape once
+            shape: _chains_from(shape[0], _without(shapes, shape))
+            for shape in set(shapes)
+            if width is None or shape[1] == width
+        }
+        options = [m for m in remaining if fits.get(layers[m], False)]
         if not options:
             dims = ", ".join(f"{m} {list(layers[m])}" for m in sorted(layers, key=natural_key))
             return f"the Linear layers do not form one chain of matching widths ({dims})"
@@ -99,6 +100,13 @@ def _forward_order(layers: dict[str, tuple[int, int]]) -> list[str] | str:
         remaining.remove(pick)
         width = layers[pick][0]
     return order
+
+
+def _without(shapes: list[tuple[int, int]], shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """`shapes` less one occurrence of `shape`."""
+    out = list(shapes)
+    out.remove(shape)
+    return out
 
 
 def _chains_from(width: int, rest: list[tuple[int, int]]) -> bool:
