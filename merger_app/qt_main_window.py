@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QCloseEvent, QIcon
 from PySide6.QtWidgets import (
     QInputDialog,
@@ -105,6 +105,11 @@ class QtMainWindow(QtFileActions, QMainWindow):
         a.merge.triggered.connect(self.merge)
         a.cancel.triggered.connect(self.cancel_job)
         a.remove.triggered.connect(self.models.remove_selected)
+        # Delete removes models only while the models table has the focus: elsewhere (the
+        # per-layer table, the log, a text field) the key belongs to that widget
+        self.removeAction(a.remove)
+        a.remove.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.models.view.addAction(a.remove)
         a.threads.triggered.connect(self.choose_threads)
         a.about.triggered.connect(self._about)
         for device, act in a.devices.items():

@@ -112,6 +112,7 @@ class QtModelsPanel(QWidget):
         self.view.verticalHeader().setVisible(False)
         self.view.horizontalHeader().setStretchLastSection(False)
         self.view.setWordWrap(False)
+        self.view.setTabKeyNavigation(False)  # Tab leaves the table (arrows move in it)
         # ends of names tell fine-tunes apart (…-seed-1, …-seed-2): cut in the middle
         self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.view.setObjectName("modelsTable")

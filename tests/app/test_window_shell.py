@@ -154,3 +154,25 @@ def test_opened_recipes_appear_in_recent_recipes(window, tiny, tmp_path):
     window.models.model.set_rows([])
     entries[0].trigger()  # reopening from the menu loads the recipe's models again
     assert len(window.models.model.rows()) == 2
+
+
+def test_delete_removes_models_only_from_the_models_table(window, tiny, qtbot):
+    """Delete in the per-layer table or the log belongs to them; Tab leaves the table."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication
+
+    window.add_models([tiny.base, *tiny.models.values()])
+    window.show()
+    window.activateWindow()
+    count = len(window.models.model.rows())
+    window.models.view.selectRow(1)
+    for widget in (window.method.per_tensor.table, window.jobs.log, window.merge_button):
+        widget.setFocus()
+        qtbot.waitUntil(lambda w=widget: QApplication.focusWidget() is w)
+        qtbot.keyClick(widget, Qt.Key.Key_Delete)
+        assert len(window.models.model.rows()) == count, widget
+    window.models.view.setFocus()
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is window.models.view)
+    qtbot.keyClick(window.models.view, Qt.Key.Key_Delete)
+    assert len(window.models.model.rows()) == count - 1
+    assert not window.models.view.tabKeyNavigation()
