@@ -107,6 +107,7 @@ def build_recipe(
     *,
     seed: int = 0,
     out_dtype: str | None = None,
+    dtype: str | None = None,
     data: str | None = None,
     arch: str | None = None,
 ) -> Recipe:
@@ -128,6 +129,7 @@ def build_recipe(
         base_model=base,
         parameters=params,
         out_dtype=out_dtype,
+        dtype=dtype,
         seed=seed,
         data=data if (spec.needs.data or spec.needs.uses_data) else None,
         arch=arch if spec.needs.arch else None,
@@ -174,7 +176,10 @@ def merge_blockers(
 
 
 def rows_from_recipe(recipe: Recipe, spec: MethodSpec) -> list[tuple[str, str, dict[str, Any]]]:
-    """(path, role, per-model values) for each model a recipe names, base first."""
+    """(path, role, per-model values) for each model a recipe names, base first.
+
+    A per-model parameter a model does not set takes the recipe's top-level value (as in
+    mergekit and `merger run`, and as `merger merge --save-recipe` writes them)."""
     out: list[tuple[str, str, dict[str, Any]]] = []
     base = normalize_path(recipe.base_model) if recipe.base_model else None
     if base:
@@ -182,7 +187,11 @@ def rows_from_recipe(recipe: Recipe, spec: MethodSpec) -> list[tuple[str, str, d
     per_model = {p.name for p in spec.params if p.per_model}
     for entry in recipe.models:
         path = normalize_path(entry.model)
-        vals = {k: v for k, v in entry.parameters.items() if k in per_model}
+        vals = {
+            k: entry.parameters.get(k, recipe.parameters.get(k))
+            for k in per_model
+            if k in entry.parameters or k in recipe.parameters
+        }
         if path == base:
             out[0] = (path, "base", vals)  # mergekit lists the base among models too
             continue

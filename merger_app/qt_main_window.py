@@ -164,6 +164,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
             m.per_tensor_values(),
             seed=m.seed_value(),
             out_dtype=m.out_dtype_value(),
+            dtype=m.compute_dtype_value(),
             data=m.data(),
             arch=m.arch(),
         )

@@ -36,6 +36,7 @@ from merger_app.qt_per_tensor import QtPerTensorEditor
 
 AUTO_ARCH = "Detect from the checkpoint"
 SAME_DTYPE = "Same as the inputs"
+AUTO_COMPUTE = "Automatic (float32, float64 for float64 models)"
 
 
 def is_random(spec: MethodSpec) -> bool:
@@ -134,8 +135,12 @@ class QtMethodPanel(QWidget):
         self.seed.setToolTip("Random methods give the same result for the same seed")
         self.out_dtype = QComboBox(self)
         self.out_dtype.addItems([SAME_DTYPE, *DTYPES])
-        self.out_dtype.setToolTip(
-            "Dtype of the merged tensors (the merge itself computes in float32 or better)"
+        self.out_dtype.setToolTip("Dtype of the merged tensors, as written")
+        self.compute_dtype = QComboBox(self)
+        self.compute_dtype.addItems([AUTO_COMPUTE, *DTYPES])
+        self.compute_dtype.setToolTip(
+            "Dtype the merge computes in (a recipe's dtype:). Automatic: float32, or "
+            "float64 where the models are float64"
         )
 
         self._build_layout()
@@ -144,7 +149,7 @@ class QtMethodPanel(QWidget):
         self.per_tensor.changed.connect(self.changed)
         self.per_tensor.changed.connect(self._mark_overrides)
         self.reset_button.clicked.connect(self.reset)
-        for w in (self.data_combo, self.arch_combo, self.out_dtype):
+        for w in (self.data_combo, self.arch_combo, self.out_dtype, self.compute_dtype):
             w.currentTextChanged.connect(self.changed)
         self.seed.valueChanged.connect(self.changed)
         self.data_browse.clicked.connect(self._browse_data)
@@ -169,6 +174,7 @@ class QtMethodPanel(QWidget):
         self.extras.addRow(self._arch_label, arch_row)
         self.extras.addRow(self._seed_label, self.seed)
         self.extras.addRow(QLabel("Output dtype:", self), self.out_dtype)
+        self.extras.addRow(QLabel("Compute dtype:", self), self.compute_dtype)
         self._data_row, self._arch_row = data_row, arch_row
         reset_row = QHBoxLayout()
         reset_row.addStretch(1)
@@ -214,6 +220,10 @@ class QtMethodPanel(QWidget):
         text = self.out_dtype.currentText()
         return None if text == SAME_DTYPE else text
 
+    def compute_dtype_value(self) -> str | None:
+        text = self.compute_dtype.currentText()
+        return None if text == AUTO_COMPUTE else text
+
     def reset(self) -> None:
         self.form.reset()
         self.per_tensor.clear()
@@ -240,6 +250,7 @@ class QtMethodPanel(QWidget):
         self._mark_overrides()
         self.seed.setValue(recipe.seed)
         self.out_dtype.setCurrentText(recipe.out_dtype or SAME_DTYPE)
+        self.compute_dtype.setCurrentText(recipe.dtype or AUTO_COMPUTE)
         if recipe.data:
             self.data_combo.setCurrentText(recipe.data)
         self.arch_combo.setCurrentText(recipe.arch or AUTO_ARCH)

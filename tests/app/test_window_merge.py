@@ -234,3 +234,35 @@ def qtbot_orientation():
     from PySide6.QtCore import Qt
 
     return Qt.Orientation.Horizontal
+
+
+def test_an_opened_recipe_merges_as_merger_run_does(window, qtbot, tiny, tmp_path):
+    """Top-level values of per-model parameters (as `merger merge --save-recipe` writes
+    them) and the compute dtype reach the window's merge and its exported recipe."""
+    import torch
+
+    from core.recipe import Recipe
+
+    first, second = list(tiny.models.values())[:2]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "merge_method: ties\n"
+        f"base_model: {tiny.base}\n"
+        f"models:\n  - model: {first}\n  - model: {second}\n"
+        "    parameters: {weight: 0.5}\n"
+        "parameters: {weight: 0.3, density: 0.6, lambda: 1.0}\n"
+        "dtype: bfloat16\n"
+    )
+    assert window.open_recipe(recipe)
+    rows = window.models.model.rows()
+    assert [r.values.get("weight") for r in rows[1:]] == [0.3, 0.5]
+    assert [r.values.get("density") for r in rows[1:]] == [0.6, 0.6]
+    result = merge(window, qtbot)
+    assert result is not None, window.last_error and window.last_error.text()
+    assert cli_main(["run", str(recipe), "-o", str(tmp_path / "cli.safetensors"), "--quiet"]) == 0
+    with open_checkpoint(result.out) as a, open_checkpoint(tmp_path / "cli.safetensors") as b:
+        gui, cli = a.state_dict(), b.state_dict()
+    assert gui.keys() == cli.keys()
+    assert all(cli[k].dtype == torch.bfloat16 and torch.equal(gui[k], cli[k]) for k in cli)
+    assert window.export_recipe(tmp_path / "exported.yaml")
+    assert Recipe.load(tmp_path / "exported.yaml").dtype == "bfloat16"
