@@ -6,7 +6,6 @@ wants it, in the format, dtype and shard size they pick.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from core.checkpoints import CheckpointWriter, TensorInfo, open_checkpoint
 from core.errors import RecipeError
 from core.jobs import Progress
+from core.provenance import config_json
 from core.recipe import TORCH_DTYPES, Recipe
 from core.streaming import OutputTensor, run_streaming
 
@@ -51,7 +51,7 @@ def export_checkpoint(
             metadata["merger_recipe"] = recipe.to_yaml()
         extra: dict[str, bytes] | None = {}
         if ckpt.config is not None:
-            extra["config.json"] = json.dumps(ckpt.config, indent=2).encode()
+            extra["config.json"] = config_json(ckpt.config, dtype)
         if "merger_recipe" in metadata:
             extra["merger_recipe.yaml"] = metadata["merger_recipe"].encode()
         if str(out).endswith(".safetensors"):

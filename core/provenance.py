@@ -46,8 +46,16 @@ def extra_files(recipe: Recipe, session, out: str | Path) -> dict[str, bytes] | 
     files = {"merger_recipe.yaml": absolute_recipe(recipe).to_yaml().encode()}
     config = session.reference.config
     if config is not None:
-        files["config.json"] = json.dumps(config, indent=2).encode()
+        files["config.json"] = config_json(config, recipe.out_dtype or recipe.dtype)
     return files
+
+
+def config_json(config: Mapping, dtype: str | None) -> bytes:
+    """A Hugging Face config.json for the output: the input's, with `torch_dtype` saying
+    the dtype written (loaders read it to pick the dtype they load in)."""
+    if dtype is not None and "torch_dtype" in config:
+        config = {**config, "torch_dtype": dtype}
+    return json.dumps(config, indent=2).encode()
 
 
 def hash_sources(session, hashes: dict[str, str]) -> threading.Thread:

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QFileDialog
 
 from core.errors import MergerError
 from core.merge import validate_recipe
+from core.provenance import absolute_recipe
 from core.recipe import Recipe
 from merger_app._model_rows import normalize_path
 from merger_app._recipe_build import rows_from_recipe
@@ -114,8 +115,8 @@ class QtFileActions:
 
     def export_recipe(self, path: str | Path) -> bool:
         try:
-            recipe = self.current_recipe()
-            recipe.save(path)
+            # absolute paths (models, data, architecture file): it runs from any folder
+            absolute_recipe(self.current_recipe()).save(path)
         except MergerError as exc:
             self._error("Cannot export the recipe", str(exc))
             return False

@@ -266,3 +266,18 @@ def test_an_opened_recipe_merges_as_merger_run_does(window, qtbot, tiny, tmp_pat
     assert all(cli[k].dtype == torch.bfloat16 and torch.equal(gui[k], cli[k]) for k in cli)
     assert window.export_recipe(tmp_path / "exported.yaml")
     assert Recipe.load(tmp_path / "exported.yaml").dtype == "bfloat16"
+
+
+def test_an_exported_recipe_names_its_data_by_absolute_path(window, tiny, tmp_path, monkeypatch):
+    """Typed relative to the folder the app started in, the data file must still be found
+    when the recipe runs from elsewhere (models are absolute already)."""
+    import shutil
+
+    from core.recipe import Recipe
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny.data, tmp_path / "d.npz")
+    load_for_method(window, tiny, "activation_matching")
+    window.method.data_combo.setCurrentText("d.npz")
+    assert window.export_recipe(tmp_path / "deeper.yaml")
+    assert Recipe.load(tmp_path / "deeper.yaml").data == str(tmp_path / "d.npz")

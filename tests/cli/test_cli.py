@@ -258,3 +258,25 @@ def test_version_answers_without_loading_torch(capsys):
         main(["--debug", "--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out == f"merger {__version__}\n"
+
+
+def test_config_json_says_the_dtype_written(demo, tmp_path):
+    """Hugging Face loaders read torch_dtype: a bfloat16 merge (or export) must say so."""
+    import shutil
+
+    from core.export import export_checkpoint
+
+    folders = []
+    for name in ("0-4", "5-9"):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(demo.models[name], folder / "model.safetensors")
+        (folder / "config.json").write_text('{"model_type": "mlp", "torch_dtype": "float32"}')
+        folders.append(str(folder))
+    out = tmp_path / "merged"
+    args = ["merge", "--method", "linear", *folders, "-o", str(out), "--out-dtype", "bfloat16"]
+    assert main([*args, "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    export_checkpoint(out, tmp_path / "half", dtype="float16")
+    config = json.loads((tmp_path / "half" / "config.json").read_text())
+    assert config == {"model_type": "mlp", "torch_dtype": "float16"}
