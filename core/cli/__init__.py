@@ -15,15 +15,16 @@ import sys
 from collections.abc import Sequence
 
 CANCELLED = "merger: cancelled; nothing was written"
-_state = {"told": False, "interrupted": False}
+_state: dict[str, object] = {"told": False, "interrupted": False, "signal": signal.SIGINT}
 
 
 def cancelled() -> int:
-    """Say that the command was cancelled (once) and return its exit code, 130."""
+    """Say that the command was cancelled (once) and return its exit code: 128 + the
+    signal's number, 130 for Ctrl+C (and a cancel without a signal), 143 for SIGTERM."""
     if not _state["told"]:
         _state["told"] = True
         print(CANCELLED, file=sys.stderr, flush=True)
-    return 130
+    return 128 + int(_state["signal"])  # type: ignore[call-overload]
 
 
 def interrupted() -> bool:
@@ -34,7 +35,7 @@ def interrupted() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `merger` with `argv` (default: the command line); returns the exit code."""
-    _state.update(told=False, interrupted=False)
+    _state.update(told=False, interrupted=False, signal=signal.SIGINT)
     if _only_version(argv):
         return 0
     try:
@@ -49,19 +50,24 @@ def run() -> None:
     """The console entry point (`merger`, `python -m core.cli`)."""
     # While the modules load, a Ctrl+C ends the process at once: an interrupted import
     # can leave numpy or torch half-initialised, and nothing has been written yet.
-    signal.signal(signal.SIGINT, _exit_now)
+    # SIGTERM (`kill`, `timeout`, a closing terminal session) is a cancel like Ctrl+C:
+    # the command's partial outputs are removed on the way out.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_now)
     if _only_version(None):
         sys.exit(0)
     import core.cli._app  # noqa: F401 - loaded here, under that handler
 
-    signal.signal(signal.SIGINT, _interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         code = main()
     except KeyboardInterrupt:  # a second Ctrl+C while the first was being reported
         code = cancelled()
     # The command is over: a Ctrl+C during the interpreter's shutdown (torch takes a
     # moment to unload) must not kill the process with a signal instead of its code.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     sys.exit(code)
 
 
@@ -77,15 +83,16 @@ def _only_version(argv: Sequence[str] | None) -> bool:
     return True
 
 
-def _exit_now(_signum: int, _frame: object) -> None:
+def _exit_now(signum: int, _frame: object) -> None:
     import os
 
-    cancelled()
-    os._exit(130)
+    _state["signal"] = signum
+    os._exit(cancelled())
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
+def _interrupt(signum: int, _frame: object) -> None:
     _state["interrupted"] = True
+    _state["signal"] = signum
     raise KeyboardInterrupt
 
 
