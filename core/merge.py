@@ -37,6 +37,7 @@ from core.validate import (
     check_models,
     input_entries,
     same_file_key,
+    sign_notes,
     unused_filters,
     validate_recipe,
 )
@@ -187,6 +188,7 @@ def run_merge(
                 reason, file=path, hint="`merger info` lists each model's tensors"
             )
         report.notes.extend(unused_filters(recipe, session.reference.keys()))
+        report.notes.extend(sign_notes(recipe, spec))
         if spec.kind == "tensorwise":  # float64 tensors are computed in float64
             compute_dtype = _widest_compute_dtype(recipe, session)
         else:

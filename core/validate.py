@@ -40,13 +40,13 @@ def validate_recipe(recipe: Recipe) -> MethodSpec:
     inputs = input_entries(recipe, spec)
     if len(inputs) < needs.min_models:
         raise RecipeError(
-            f"method '{spec.name}' needs at least {needs.min_models} input model(s) "
-            f"besides the base, got {len(inputs)}"
+            f"method '{spec.name}' needs at least {needs.min_models} input model(s)"
+            f"{_besides(needs)}, got {len(inputs)}"
         )
     if needs.max_models is not None and len(inputs) > needs.max_models:
         raise RecipeError(
-            f"method '{spec.name}' takes at most {needs.max_models} input model(s) "
-            f"besides the base, got {len(inputs)}"
+            f"method '{spec.name}' takes at most {needs.max_models} input model(s)"
+            f"{_besides(needs)}, got {len(inputs)}"
         )
     if needs.data and not recipe.data:
         raise RecipeError(
@@ -193,3 +193,36 @@ def check_finite(tensor: torch.Tensor, name: str, path: str) -> None:
             tensor=name,
             hint="this model is broken; merging it would spread the damage",
         )
+
+
+def _besides(needs) -> str:
+    """' besides the base' for methods that take one (linear and SLERP do not)."""
+    return " besides the base" if needs.base else ""
+
+
+def sign_notes(recipe: Recipe, spec: MethodSpec) -> list[str]:
+    """A note where a negative weight will not do what its sign suggests.
+
+    TIES (and DARE-TIES) with `normalize` divide each entry by the sum of the agreeing
+    models' weights, so a lone negative weight cancels itself (mergekit does the same):
+    the task is added, not subtracted. `lambda` < 0 subtracts, whatever normalize says."""
+    if spec.name not in ("ties", "dare_ties"):
+        return []
+    normalize = recipe.parameters.get("normalize", spec.param("normalize").default)
+    if normalize is not True:
+        return []
+    negative = [
+        m.model
+        for m in recipe.models
+        if isinstance(
+            w := m.parameters.get("weight", recipe.parameters.get("weight", 1.0)), int | float
+        )
+        and w < 0
+    ]
+    if not negative:
+        return []
+    return [
+        f"{', '.join(negative)}: a negative weight does not subtract a task under "
+        f"{spec.name} with normalize on (entries are divided by the agreeing weights' sum); "
+        "to subtract, use lambda < 0, or set normalize: false"
+    ]

@@ -135,7 +135,7 @@ def check_output_path(out: Path, protect: Sequence[str | Path], *, overwrite: bo
             raise OutputError(
                 "the output already exists",
                 file=out,
-                hint="choose another name, or allow overwriting it",
+                hint="choose another name, or allow replacing it (--overwrite; the window asks)",
             )
         check_replaceable(out)
     if out.name.endswith(".safetensors") and out.is_dir():

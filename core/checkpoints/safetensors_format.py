@@ -82,8 +82,10 @@ def header_length(path: Path, file_size: int, first8: bytes) -> int:
     if n > MAX_HEADER_BYTES:
         raise _bad(
             path,
-            f"the header claims {n} bytes, more than any real safetensors header; "
-            "this is not a safetensors file or it is corrupt",
+            f"the header claims {n} bytes, more than any real safetensors header: "
+            "this is not a safetensors file",
+            hint="check that the file is the model you meant; if it is, re-download or "
+            "re-export it",
         )
     if 8 + n > file_size:
         raise _bad(path, f"the header claims {n} bytes but the file has only {file_size - 8}")

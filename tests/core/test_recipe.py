@@ -91,3 +91,28 @@ def test_a_mistyped_parameter_gets_a_suggestion_and_the_list():
         validate_recipe(Recipe.from_yaml(per_model))
     assert str(info.value).startswith("b: method 'ties' has no parameter(s) densty")
     assert info.value.hint == "did you mean 'density'? per model it takes weight, density"
+
+
+def test_model_counts_mention_a_base_only_for_methods_that_take_one():
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(Recipe.from_yaml("merge_method: linear\nmodels: []"))
+    assert "needs at least 1 input model(s), got 0" in str(info.value)
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(Recipe.from_yaml("merge_method: ties\nbase_model: a\nmodels: []"))
+    assert "input model(s) besides the base, got 0" in str(info.value)
+
+
+def test_a_negative_weight_under_ties_normalize_is_flagged():
+    """Divided by the agreeing weights' sum, a lone -1 cancels itself: say so."""
+    from core.methods import REGISTRY
+    from core.validate import sign_notes
+
+    def notes(text):
+        recipe = Recipe.from_yaml(text)
+        return sign_notes(recipe, REGISTRY.get(recipe.merge_method))
+
+    negative = "base_model: a\nmodels: [{model: b, parameters: {weight: -1}}, {model: c}]"
+    assert "b: a negative weight does not subtract" in notes(f"merge_method: ties\n{negative}")[0]
+    assert notes(f"merge_method: ties\nparameters: {{normalize: false}}\n{negative}") == []
+    assert notes(f"merge_method: task_arithmetic\n{negative}") == []
+    assert notes("merge_method: ties\nbase_model: a\nmodels: [{model: b}]") == []
