@@ -23,6 +23,19 @@ _TAIL = ("Format", "Parameters", "Dtype", "Size")
 AnyIndex = QModelIndex | QPersistentModelIndex
 
 
+# Extensions the Format column already tells; left out of names, so that where a narrow
+# window elides them the part that tells models apart stays visible.
+_FORMAT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def shown_name(row: ModelRow) -> str:
+    """The row's name without a weight-file extension (`finetuned_0-4`)."""
+    for suffix in _FORMAT_SUFFIXES:
+        if row.name.endswith(suffix) and len(row.name) > len(suffix):
+            return row.name[: -len(suffix)]
+    return row.name
+
+
 class QtModelsTable(QAbstractTableModel):
     """Editable list of models; `changed` fires after any change of rows or values."""
 
@@ -208,7 +221,7 @@ class QtModelsTable(QAbstractTableModel):
 
     def _cell(self, row: ModelRow, col: int, *, edit: bool) -> Any:
         if col == NAME:
-            return row.name
+            return shown_name(row)
         if col == ROLE:
             return row.role if edit else self.shown_role(self._rows.index(row))
         param = self.column_param(col)
