@@ -144,6 +144,13 @@ class Recipe:
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         path = Path(path)
+        if path.suffix.lower() in _MODEL_SUFFIXES:
+            raise RecipeError(
+                "this is a model file, not a recipe",
+                file=path,
+                hint=f"give a .yaml recipe; `merger info {path}` shows the recipe a merged "
+                "model was made with",
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -188,6 +195,9 @@ class Recipe:
             if m.model not in paths:
                 paths.append(m.model)
         return paths
+
+
+_MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def _resolve(path: Any, root: Path | None) -> str:

@@ -116,3 +116,11 @@ def test_a_negative_weight_under_ties_normalize_is_flagged():
     assert notes(f"merge_method: ties\nparameters: {{normalize: false}}\n{negative}") == []
     assert notes(f"merge_method: task_arithmetic\n{negative}") == []
     assert notes("merge_method: ties\nbase_model: a\nmodels: [{model: b}]") == []
+
+
+def test_a_model_file_given_as_a_recipe_says_where_its_recipe_is(tmp_path):
+    model = tmp_path / "merged.safetensors"
+    model.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(RecipeError, match="this is a model file, not a recipe") as info:
+        Recipe.load(model)
+    assert f"merger info {model}" in info.value.hint
