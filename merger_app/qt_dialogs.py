@@ -198,7 +198,8 @@ class QtSaveDialog(QDialog):
                 self.path.text(),
                 self.format.currentText(),
                 self.dtype.currentText(),
-                self.shard.text(),
+                # a size typed for a folder, then left behind when File was picked: unused
+                self.shard.text() if self.shard.isEnabled() else "",
             )
         except MergerError as exc:
             self.error.setText(f"⚠ {exc}")

@@ -347,3 +347,16 @@ def test_an_odd_model_added_first_is_the_one_marked(window, tiny, tmp_path):
     assert "differs from the other 2 models" in rows[0].problem
     assert not rows[1].problem and not rows[2].problem
     assert "odd.safetensors cannot be merged" in window.merge_button.toolTip()
+
+
+def test_a_shard_size_left_behind_by_a_switch_to_file_is_not_used(qtbot, tmp_path):
+    from merger_app.qt_dialogs import FILE_FORMAT, FOLDER_FORMAT, QtSaveDialog
+
+    dialog = QtSaveDialog(None, tmp_path / "merged.safetensors")
+    qtbot.addWidget(dialog)
+    dialog.format.setCurrentText(FOLDER_FORMAT)
+    dialog.shard.setText("5MB")
+    dialog.format.setCurrentText(FILE_FORMAT)
+    dialog.accept()
+    assert dialog.options is not None and dialog.options.shard_size is None
+    assert dialog.options.path.suffix == ".safetensors"
