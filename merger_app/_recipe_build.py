@@ -32,8 +32,13 @@ class PerTensor:
 
 
 def parse_gradient(text: str, *, param: str = "value") -> tuple[float, ...]:
-    """'0, 0.5, 1' → (0.0, 0.5, 1.0); '' → (). A single number is no gradient."""
-    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+    """'0, 0.5, 1' → (0.0, 0.5, 1.0), also written as YAML's '[0, 0.5, 1]'; '' → ().
+    A single number is no gradient, and an empty place ('0.1,,0.3') is a typo, not a
+    value to skip."""
+    body = text.strip()
+    if body.startswith("[") and body.endswith("]"):
+        body = body[1:-1]
+    parts = [p.strip() for p in body.replace(";", ",").split(",")] if body.strip() else []
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:

@@ -61,6 +61,9 @@ def test_gradient_parsing():
         parse_gradient("0, a")
     with pytest.raises(RecipeError, match="at least two"):
         parse_gradient("0.5")
+    assert parse_gradient("[0.2, 0.9]") == (0.2, 0.9)  # as a recipe writes it
+    with pytest.raises(RecipeError, match="numbers separated by commas"):
+        parse_gradient("0.1,,0.3")  # a missing value, not a two-point gradient
 
 
 def test_param_value_forms_are_mergekits():
