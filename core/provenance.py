@@ -30,7 +30,10 @@ def absolute_recipe(recipe: Recipe) -> Recipe:
 
 
 def metadata(recipe: Recipe, session, hashes: Mapping[str, str]) -> dict[str, str]:
-    sources = [{"path": p, "sha256": hashes.get(p, "")} for p in session.paths]
+    sources = [
+        {"path": str(Path(p).expanduser().resolve()), "sha256": hashes.get(p, "")}
+        for p in session.paths
+    ]  # absolute, like the stored recipe's paths: the file may be read from anywhere
     return {
         "format": "pt",
         "merger_version": __version__,

@@ -280,3 +280,14 @@ def test_config_json_says_the_dtype_written(demo, tmp_path):
     export_checkpoint(out, tmp_path / "half", dtype="float16")
     config = json.loads((tmp_path / "half" / "config.json").read_text())
     assert config == {"model_type": "mlp", "torch_dtype": "float16"}
+
+
+def test_sources_are_recorded_by_absolute_path(demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(demo.models["0-4"].parent)
+    out = tmp_path / "avg.safetensors"
+    names = [demo.models["0-4"].name, demo.models["5-9"].name]  # relative to the cwd
+    assert main(["merge", "--method", "linear", *names, "-o", str(out), "--quiet"]) == 0
+    with open_checkpoint(out) as ckpt:
+        sources = json.loads(ckpt.metadata["merger_sources"])
+    assert [s["path"] for s in sources] == [str(demo.models[k].resolve()) for k in ("0-4", "5-9")]
+    assert all(len(s["sha256"]) == 64 for s in sources)
