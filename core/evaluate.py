@@ -43,7 +43,7 @@ def evaluate(
                 logits = model(x.to(device))
             assert y is not None  # checked above
             y = y.to(device)
-            _check_logits(logits, y, dataset.name)
+            _check_logits(logits, y, dataset.where)
             total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(dim=1) == y).sum())
     finally:
@@ -61,7 +61,7 @@ def _check_logits(logits: torch.Tensor, y: torch.Tensor, name: str) -> None:
         )
     if int(y.max()) >= logits.shape[1]:
         raise MergerError(
-            f"data set '{name}' has label {int(y.max())} but the model has only "
-            f"{logits.shape[1]} outputs",
+            f"the data has label {int(y.max())} but the model has only {logits.shape[1]} outputs",
+            file=name,
             hint="use data whose labels match the model's classes",
         )

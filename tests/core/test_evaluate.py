@@ -40,8 +40,9 @@ def test_mode_is_restored():
 
 
 def test_bad_labels_and_outputs_are_explained():
-    with pytest.raises(MergerError, match="label 5 but the model has only 2"):
-        evaluate(_Fixed(), Dataset(torch.zeros(2, 2), torch.tensor([0, 5]), "t"))
+    with pytest.raises(MergerError, match="label 5 but the model has only 2") as info:
+        evaluate(_Fixed(), Dataset(torch.zeros(2, 2), torch.tensor([0, 5]), "t", "/d/t.npz"))
+    assert str(info.value).startswith("/d/t.npz: the data has label 5")
     with pytest.raises(MergerError, match="class scores"):
         evaluate(_Fixed(), Dataset(torch.zeros(2, 2, 2), torch.tensor([0, 1]), "t"))
 
