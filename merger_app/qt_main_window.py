@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QInputDialog,
     QMainWindow,
     QMessageBox,
+    QWidget,
 )
 
 from core import __version__
@@ -151,7 +152,27 @@ class QtMainWindow(QtFileActions, QMainWindow):
         needs = spec.needs
         self.models.model.set_method_roles(needs.base, needs.min_models == needs.max_models == 2)
         self.models.refresh_summary()
+        self._set_tab_order()
         self._update_actions()
+
+    def _set_tab_order(self) -> None:
+        """Tab goes through the window as it reads: models and their buttons, the method
+        and its fields, Merge and Save, then the log (hidden fields are skipped)."""
+        m = self.models
+        chain = [
+            m.view,
+            m.add_button,
+            m.remove_button,
+            m.up_button,
+            m.down_button,
+            *self.method.focus_chain(),
+            self.merge_button,
+            self.save_button,
+            self.jobs.cancel_button,
+            self.jobs.log,
+        ]
+        for first, second in zip(chain, chain[1:], strict=False):
+            QWidget.setTabOrder(first, second)
 
     # -- recipes -------------------------------------------------------------------------------
     def current_recipe(self) -> Recipe:

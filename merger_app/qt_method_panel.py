@@ -205,6 +205,24 @@ class QtMethodPanel(QWidget):
     def per_tensor_values(self) -> dict[str, PerTensor]:
         return self.per_tensor.values()
 
+    def focus_chain(self) -> list[QWidget]:
+        """The panel's fields in reading order, for the window's Tab order (the form is
+        rebuilt per method, so Qt's creation order would put its fields last)."""
+        editors = [self.form.editor(p.name) for p in self.form.params]
+        return [
+            self.combo,
+            *editors,
+            self.reset_button,
+            self.per_tensor.toggle,
+            self.data_combo,
+            self.data_browse,
+            self.arch_combo,
+            self.arch_browse,
+            self.seed,
+            self.out_dtype,
+            self.compute_dtype,
+        ]
+
     def data(self) -> str | None:
         text = self.data_combo.currentText().strip()
         return text or None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -124,8 +125,15 @@ class QtModelsPanel(QWidget):
         self.remove_button = self._button(
             "Remove", sp.SP_TrashIcon, "Remove the selected models (Delete)"
         )
-        self.up_button = self._button("Up", sp.SP_ArrowUp, "Move the selected model up")
-        self.down_button = self._button("Down", sp.SP_ArrowDown, "Move the selected model down")
+        self.up_button = self._button("Up", sp.SP_ArrowUp, "Move the selected model up (Alt+Up)")
+        self.down_button = self._button(
+            "Down", sp.SP_ArrowDown, "Move the selected model down (Alt+Down)"
+        )
+        # from the keyboard, in the table: the order matters (A and B of an alignment)
+        for keys, step in (("Alt+Up", -1), ("Alt+Down", +1)):
+            shortcut = QShortcut(QKeySequence(keys), self.view)
+            shortcut.setContext(Qt.ShortcutContext.WidgetShortcut)
+            shortcut.activated.connect(lambda step=step: self.move_selected(step))
         self.add_button.clicked.connect(self.add_requested)
         self.remove_button.clicked.connect(self.remove_selected)
         self.up_button.clicked.connect(lambda: self.move_selected(-1))
@@ -159,6 +167,7 @@ class QtModelsPanel(QWidget):
         b.setToolTip(tip)
         b.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         b.setAutoRaise(True)
+        b.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # reachable with Tab, not only the mouse
         return b
 
     # -- slots the window and the buttons use ------------------------------------------

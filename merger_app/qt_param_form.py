@@ -109,6 +109,11 @@ class QtParamForm(QWidget):
         elif isinstance(editor, QLineEdit):
             editor.textChanged.connect(self.changed)
 
+    @property
+    def params(self) -> tuple[Param, ...]:
+        """The parameters shown, in order."""
+        return self._params
+
     def editor(self, name: str) -> QWidget:
         return self._editors[name]
 

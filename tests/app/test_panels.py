@@ -360,3 +360,39 @@ def test_a_shard_size_left_behind_by_a_switch_to_file_is_not_used(qtbot, tmp_pat
     dialog.accept()
     assert dialog.options is not None and dialog.options.shard_size is None
     assert dialog.options.path.suffix == ".safetensors"
+
+
+def test_models_move_from_the_keyboard_and_the_buttons_take_focus(window, tiny, qtbot):
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication
+
+    load_for_method(window, tiny, "weight_matching")  # A and B: their order matters
+    window.show()
+    window.activateWindow()
+    panel = window.models
+    names = [r.name for r in panel.model.rows()]
+    panel.view.setFocus()
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is panel.view)
+    panel.view.selectRow(1)
+    qtbot.keyClick(panel.view, Qt.Key.Key_Up, Qt.KeyboardModifier.AltModifier)
+    assert [r.name for r in panel.model.rows()] == [names[1], names[0]]
+    qtbot.keyClick(panel.view, Qt.Key.Key_Down, Qt.KeyboardModifier.AltModifier)
+    assert [r.name for r in panel.model.rows()] == names
+    buttons = (panel.add_button, panel.remove_button, panel.up_button, panel.down_button)
+    assert all(b.focusPolicy() == Qt.FocusPolicy.StrongFocus for b in buttons)
+
+
+def test_tab_goes_from_the_method_through_its_fields_before_merge(window, tiny):
+    """The form is rebuilt for each method: its fields still come between the method and
+    Merge in the Tab order, not after Merge."""
+    load_for_method(window, tiny, "ties")
+    window.show()
+    order, widget = [], window.method.combo
+    for _ in range(60):
+        widget = widget.nextInFocusChain()
+        order.append(widget)
+        if widget is window.merge_button:
+            break
+    assert window.merge_button in order
+    lam = window.method.form.editor("lambda")
+    assert any(w is lam or lam.isAncestorOf(w) for w in order)  # before Merge
