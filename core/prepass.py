@@ -8,7 +8,7 @@ and the inputs once per call (streamed, one tensor at a time, so memory stays fl
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from core.checkpoints import Checkpoint
 from core.errors import RecipeError
 from core.jobs import Progress
 from core.methods.context import PrepareContext
-from core.methods.params import resolve_params
+from core.methods.params import resolve_params, varies_by_tensor
 from core.methods.registry import MethodSpec
 from core.recipe import ModelEntry, Recipe
 
@@ -53,12 +53,7 @@ def prepare_method(
             resolve_params(spec, e.parameters, "", 0.0, per_model=True, fallback=recipe.parameters)
             for e in entries
         ],
-        varies=lambda name: any(_per_tensor(source.get(name)) for source in raw),
+        varies=lambda name: any(varies_by_tensor(source.get(name)) for source in raw),
         task_vectors=task_vectors,
     )
     return spec.prepare(ctx)
-
-
-def _per_tensor(value: Any) -> bool:
-    """A gradient (list) or a filter list/mapping: a value that changes by tensor."""
-    return isinstance(value, list | tuple | Mapping)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import yaml
 
+from core.checkpoints.folder import WEIGHT_EXTENSIONS
 from core.errors import RecipeError
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -144,7 +145,7 @@ class Recipe:
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         path = Path(path)
-        if path.suffix.lower() in _MODEL_SUFFIXES:
+        if path.name.lower().endswith(WEIGHT_EXTENSIONS):
             raise RecipeError(
                 "this is a model file, not a recipe",
                 file=path,
@@ -195,9 +196,6 @@ class Recipe:
             if m.model not in paths:
                 paths.append(m.model)
         return paths
-
-
-_MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def _resolve(path: Any, root: Path | None) -> str:

@@ -15,7 +15,7 @@ from core.checkpoints import TensorInfo, open_checkpoint
 from core.compat import CompatReport, ExtraKeys, compare
 from core.errors import CheckpointError, RecipeError
 from core.methods import REGISTRY
-from core.methods.params import check_value, resolve_params, unknown_keys
+from core.methods.params import check_value, resolve_params, unknown_keys, varies_by_tensor
 from core.methods.registry import MethodSpec
 from core.recipe import ModelEntry, Recipe
 
@@ -99,7 +99,7 @@ def _takes(spec: MethodSpec, bad: Sequence[str], *, per_model: bool) -> str:
 def _varies_by_tensor(recipe: Recipe, inputs: Sequence[ModelEntry]) -> bool:
     """Does any parameter take a gradient or filter list (a value per tensor)?"""
     sources = [recipe.parameters, *(e.parameters for e in inputs)]
-    return any(isinstance(v, list | tuple | Mapping) for p in sources for v in p.values())
+    return any(varies_by_tensor(v) for p in sources for v in p.values())
 
 
 def same_file_key(path: str) -> str:

@@ -13,6 +13,7 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelInd
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QApplication, QStyle
 
+from core.checkpoints.folder import WEIGHT_EXTENSIONS
 from core.errors import RecipeError
 from core.methods.registry import Param
 from merger_app._format import format_value, human_bytes, human_count
@@ -23,14 +24,10 @@ _TAIL = ("Format", "Parameters", "Dtype", "Size")
 AnyIndex = QModelIndex | QPersistentModelIndex
 
 
-# Extensions the Format column already tells; left out of names, so that where a narrow
-# window elides them the part that tells models apart stays visible.
-_FORMAT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-
-
 def shown_name(row: ModelRow) -> str:
-    """The row's name without a weight-file extension (`finetuned_0-4`)."""
-    for suffix in _FORMAT_SUFFIXES:
+    """The row's name without a weight-file extension (`finetuned_0-4`): the Format column
+    tells it, and left in, a narrow window's elision hides what tells models apart."""
+    for suffix in WEIGHT_EXTENSIONS:
         if row.name.endswith(suffix) and len(row.name) > len(suffix):
             return row.name[: -len(suffix)]
     return row.name

@@ -30,16 +30,13 @@ from pathlib import Path
 import torch
 
 from core.architectures import mlp, vgg
-from core.architectures.base import Architecture, Family, Shapes, State, shapes_of
+from core.architectures.base import WHERE, Architecture, Family, Shapes, State, shapes_of
 from core.architectures.resnet_families import RESNET18, RESNET20, RESNET50
 from core.errors import MergerError
 
 FAMILIES: dict[str, Family] = {
     family.name: family for family in (mlp.FAMILY, vgg.FAMILY, RESNET20, RESNET18, RESNET50)
 }
-
-# Where users name an architecture, for hints that both fronts show.
-WHERE = "(Architecture in the window, --arch on the command line)"
 
 __all__ = [
     "FAMILIES",

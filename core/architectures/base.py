@@ -21,6 +21,8 @@ from core.errors import MergerError
 
 Shapes = Mapping[str, tuple[int, ...]]
 State = Mapping[str, torch.Tensor]
+# Where users name an architecture, for hints that both fronts show.
+WHERE = "(Architecture in the window, --arch on the command line)"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,15 @@ import torch
 from torch import nn
 
 from core.alignment.spec import PermutationSpec
-from core.architectures.base import Family, Shapes, State, attach, load_exact, natural_key
+from core.architectures.base import (
+    WHERE,
+    Family,
+    Shapes,
+    State,
+    attach,
+    load_exact,
+    natural_key,
+)
 from core.errors import MergerError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -40,8 +48,8 @@ def layer_chain(shapes: Shapes) -> list[str]:
     if isinstance(reason, str):
         raise MergerError(
             f"not an MLP: {reason}",
-            hint="give the model's code as path/to/model.py:factory (Architecture in the "
-            "window, --arch on the command line), or pick another architecture",
+            hint=f"give the model's code as path/to/model.py:factory {WHERE}, or pick "
+            "another architecture",
         )
     return reason
 

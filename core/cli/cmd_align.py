@@ -15,6 +15,7 @@ from core.cli.progress_bar import TerminalBar
 from core.data import load_dataset
 from core.errors import IncompatibleModelsError
 from core.jobs import Progress
+from core.provenance import config_json
 from core.validate import check_finite, check_models
 
 
@@ -145,7 +146,7 @@ def cmd_align(args: argparse.Namespace) -> int:
         "merger_permutations": json.dumps(perms),
     }
     folder = not str(args.output).endswith(".safetensors")
-    extra = {"config.json": json.dumps(config, indent=2).encode()} if config and folder else None
+    extra = {"config.json": config_json(config, None)} if config and folder else None
     files = save_state_dict(
         aligned,
         args.output,

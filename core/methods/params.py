@@ -87,6 +87,11 @@ def interpolate_gradient(values: Sequence[float], t: float) -> float:
 NO_MATCH = object()  # a filter list with no entry for this tensor
 
 
+def varies_by_tensor(value: Any) -> bool:
+    """A gradient or a filter list (or a stray mapping): a value that changes by tensor."""
+    return isinstance(value, list | tuple | Mapping)
+
+
 def resolve_value(value: Any, name: str, t: float, *, param: str) -> Any:
     """The scalar that `value` takes for tensor `name` at layer position `t`
     (`NO_MATCH` when a filter list has no entry for it and no fallback)."""
