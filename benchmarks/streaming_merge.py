@@ -100,7 +100,7 @@ def child_direct(out: str, models: list[str]) -> None:
     ckpts = [open_checkpoint(m) for m in models]
     outputs = [OutputTensor(i.name, i.shape, i.dtype, (1, 2, 3, 0)) for i in ckpts[0].infos()]
 
-    def compute(output, tensors):
+    def compute(output, tensors, tick):
         *ms, base = tensors
         acc = ms[0].sub_(base)
         for m in ms[1:]:

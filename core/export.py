@@ -70,7 +70,7 @@ def export_checkpoint(
             run_streaming(
                 [ckpt],
                 outputs,
-                lambda o, ts: ts[0],
+                lambda o, ts, tick: ts[0],
                 writer,
                 progress,
                 compute_dtype=torch.float64 if wide else torch.float32,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,7 +283,9 @@ def _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher):
         progress,
     )
 
-    def compute(output: OutputTensor, tensors: list[torch.Tensor | None]) -> torch.Tensor:
+    def compute(
+        output: OutputTensor, tensors: list[torch.Tensor | None], tick: Callable[[float], None]
+    ) -> torch.Tensor:
         for tensor, src in zip(tensors, output.sources, strict=True):
             check_finite(tensor, output.name, session.paths[src])
         if len(output.sources) == 1 and not tensors[0].dtype.is_floating_point:
@@ -298,7 +301,7 @@ def _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher):
             for mp, more in zip(model_params, extra, strict=True):
                 mp.update(more)
         base = tensors[base_slot] if base_slot is not None else None
-        ctx = TensorContext(output.name, recipe.seed)
+        ctx = TensorContext(output.name, recipe.seed, tick=tick)
         return spec.fn(list(tensors[:n_inputs]), base, params, model_params, ctx)
 
     with _writer(recipe, session, plan, target) as writer:

@@ -55,5 +55,6 @@ def prepare_method(
         ],
         varies=lambda name: any(varies_by_tensor(source.get(name)) for source in raw),
         task_vectors=task_vectors,
+        check=progress.check,
     )
     return spec.prepare(ctx)

@@ -48,7 +48,9 @@ class OutputTensor:
     compute_dtype: torch.dtype | None = None
 
 
-Compute = Callable[[OutputTensor, list[torch.Tensor | None]], torch.Tensor]
+# compute(output, inputs, tick): `tick(fraction)` reports progress within this output and
+# is a cancellation point, for computations that take long on one large tensor.
+Compute = Callable[[OutputTensor, list[torch.Tensor | None], Callable[[float], None]], torch.Tensor]
 
 
 class _Stopped(Exception):  # noqa: N818 - internal signal, never escapes run_streaming
@@ -182,6 +184,7 @@ def run_streaming(
     to_write: queue.Queue = queue.Queue(maxsize=2)
     total = sum(_nbytes(o.shape, o.dtype) for o in outputs)
     written = [0]
+    shown = [0.0]  # the bar never goes back: ticks run ahead of what the writer counted
 
     def check() -> None:
         if stop.is_set():
@@ -211,9 +214,11 @@ def run_streaming(
         writing.start()
         for output in outputs:
             item = _wait(ready, stop, progress, stages)
-            result, buffers, owner = _compute_one(item, compute, pool, out_pool)
+            tick = _ticker(progress, output, written, shown, total)
+            result, buffers, owner = _compute_one(item, compute, tick, pool, out_pool)
             _wait_put(to_write, (output.name, result, buffers, owner), stop, progress, stages)
-            progress.update(written[0], total, output.name)
+            shown[0] = max(shown[0], written[0])
+            progress.update(shown[0], total, output.name)
         _wait_put(to_write, _DONE, stop, progress, stages)
         while writing.is_alive():
             writing.join(POLL_SECONDS)
@@ -279,11 +284,30 @@ def _read_item(checkpoints, output: OutputTensor, pool: BufferPool, compute_dtyp
     return _Item(output, inputs, buffers)
 
 
-def _compute_one(item: _Item, compute: Compute, pool: BufferPool, out_pool: BufferPool):
+def _ticker(
+    progress: Progress, output: OutputTensor, written: list[int], shown: list[float], total: int
+) -> Callable[[float], None]:
+    """Progress within `output`: what is written so far plus this tensor's done fraction."""
+    size = _nbytes(output.shape, output.dtype)
+
+    def tick(fraction: float) -> None:
+        shown[0] = max(shown[0], min(total, written[0] + fraction * size))
+        progress.update(shown[0], total, output.name)
+
+    return tick
+
+
+def _compute_one(
+    item: _Item,
+    compute: Compute,
+    tick: Callable[[float], None],
+    pool: BufferPool,
+    out_pool: BufferPool,
+):
     """Run `compute`, cast its result; returns (tensor to write, buffers to give, pool)."""
     output = item.output
     try:
-        result = compute(output, item.inputs)
+        result = compute(output, item.inputs, tick)
     except BaseException:
         for b in item.buffers:
             pool.give(b)

@@ -22,6 +22,9 @@ class TensorContext:
     name: str
     seed: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    # Progress within this tensor (fraction done) and a cancellation point, for methods
+    # that take long on one large tensor; None where nobody listens.
+    tick: Callable[[float], None] | None = None
 
     def generator(self, index: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
         key = zlib.crc32(f"{self.seed}:{index}:{self.name}".encode())
@@ -35,9 +38,12 @@ class PrepareContext:
 
     `task_vectors(label)` reads every floating-point tensor once more and yields, tensor
     by tensor, θᵢ − θ₀ in float32 for each input model (progress says `label`).
-    `varies(name)` tells whether a parameter takes a value per tensor or layer."""
+    `varies(name)` tells whether a parameter takes a value per tensor or layer.
+    `check()` raises `Cancelled` once the job is cancelled: call it while working through
+    one large tensor."""
 
     params: dict[str, Any]
     model_params: list[dict[str, Any]]
     varies: Callable[[str], bool]
     task_vectors: Callable[[str], Iterator[list[torch.Tensor]]]
+    check: Callable[[], None] = lambda: None

@@ -27,56 +27,107 @@ from core.errors import RecipeError
 from core.methods.context import PrepareContext, TensorContext
 from core.methods.linear import check_weight_sum, weight_sum_divisor
 from core.methods.registry import MethodSpec, Needs, Param
-from core.methods.trim import magnitude_thresholds
+from core.methods.trim import kth_largest_magnitude, magnitude_thresholds
+
+# Elements per step of a large tensor: temporaries stay a few MB whatever the tensor's size
+# (an LLM's embedding is hundreds of millions of values), and progress and cancel are
+# served between steps.
+CHUNK = 1 << 20
 
 
-def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Boolean mask keeping the int(density·n) entries of largest magnitude."""
-    n = delta.numel()
-    k = int(density * n)
-    mask = torch.zeros(n, dtype=torch.bool, device=delta.device)
-    if k > 0:
-        idx = torch.topk(delta.abs().flatten(), k, sorted=False).indices
-        mask[idx] = True
-    return mask.view_as(delta)
+class _Steps:
+    """Chunks of a flat tensor, with progress and cancellation between them.
+
+    Only tensors of more than one chunk report (`ctx.tick`): a small one is a blink, and
+    thousands of them would flood the progress sink."""
+
+    def __init__(self, n: int, passes: int, ctx: TensorContext) -> None:
+        self.slices = [slice(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
+        self._total = passes * len(self.slices)
+        self._done = 0
+        self._tick = ctx.tick if len(self.slices) > 1 else None
+
+    def __iter__(self):
+        for part in self.slices:
+            yield part
+            self.step()
+
+    def step(self) -> None:
+        self._done += 1
+        if self._tick is not None:
+            self._tick(min(1.0, self._done / self._total))
 
 
-def random_mask(delta: torch.Tensor, density: float, gen: torch.Generator) -> torch.Tensor:
-    """Boolean mask keeping each entry independently with probability `density`."""
-    draw = torch.rand(delta.shape, generator=gen, device=delta.device, dtype=torch.float32)
-    return draw < density
+def _magnitude_keep(
+    delta: torch.Tensor, density: float, steps: _Steps, threshold: float | None
+) -> None:
+    """Zero all but the largest-magnitude entries of flat `delta`, in place.
+
+    With a model-wide `threshold`, entries at least that large stay. Otherwise exactly
+    ⌊density·n⌋ stay, as mergekit's `topk`: all above the k-th largest magnitude, then
+    entries equal to it in index order until k (topk leaves that choice to the sort)."""
+    if threshold is not None:
+        for part in steps:
+            delta[part].mul_(delta[part].abs() >= threshold)
+        return
+    k = int(density * delta.numel())
+    if k == 0:
+        delta.zero_()
+        return
+    value, above = kth_largest_magnitude(delta, k, chunk=CHUNK, between=steps.step)
+    ties = k - above  # entries equal to `value` still to keep, in index order
+    for part in steps:
+        mags = delta[part].abs()
+        keep = mags > value
+        if ties > 0:
+            equal = mags == value
+            tied = int(equal.sum())
+            keep |= equal if tied <= ties else equal & (torch.cumsum(equal, 0) <= ties)
+            ties -= tied
+        delta[part].mul_(keep)
 
 
-def sparsify(
+def _random_keep(delta: torch.Tensor, density: float, gen: torch.Generator, steps: _Steps) -> None:
+    """Keep each entry of flat `delta` with probability `density`, in place. Draws come
+    chunk by chunk from one generator: the same numbers as one draw for the tensor."""
+    for part in steps:
+        n = part.stop - part.start
+        draw = torch.rand(n, generator=gen, device=delta.device, dtype=torch.float32)
+        delta[part].mul_(draw < density)
+
+
+def _abs_sum(delta: torch.Tensor, steps: _Steps) -> float:
+    return sum(float(delta[part].abs().sum(dtype=torch.float64)) for part in steps.slices)
+
+
+def _sparsify(
     delta: torch.Tensor,
     density: float,
     how: str,
+    steps: _Steps,
     *,
     rescale: bool,
     rescale_mode: str,
     gen: torch.Generator | None = None,
     threshold: float | None = None,
 ) -> torch.Tensor:
-    """Zero all but a `density` fraction of `delta`, in place; rescale the survivors if asked.
+    """Zero all but a `density` fraction of flat `delta`, in place; rescale the survivors
+    if asked ("l1": to the L1 norm before dropping, mergekit; "inverse": by 1/density).
 
-    A magnitude `threshold` (from a model-wide trim) replaces this tensor's own top-k:
-    entries at least that large are kept."""
+    A magnitude `threshold` (from a model-wide trim) replaces this tensor's own top-k."""
     if density >= 1.0:
         return delta
-    if how == "magnitude" and threshold is not None:
-        mask = delta.abs() >= threshold
-    elif how == "magnitude":
-        mask = magnitude_mask(delta, density)
+    before = _abs_sum(delta, steps) if rescale and rescale_mode != "inverse" else 0.0
+    if how == "magnitude":
+        _magnitude_keep(delta, density, steps, threshold)
     else:
         assert gen is not None
-        mask = random_mask(delta, density, gen)
+        _random_keep(delta, density, gen, steps)
     if not rescale:
-        return delta.mul_(mask)
+        return delta
     if rescale_mode == "inverse":
-        return delta.mul_(mask).div_(density) if density > 0 else delta.mul_(mask)
-    before = delta.abs().sum()
-    delta.mul_(mask)
-    after = delta.abs().sum()
+        return delta.div_(density) if density > 0 else delta
+    after = _abs_sum(delta, steps)
     if before < 1e-7 or after < 1e-7:
         return delta
     return delta.mul_(before / after)
@@ -89,31 +140,36 @@ def _weighted_deltas(
     model_params: list[dict],
     ctx: TensorContext,
     sparsification: str | None,
+    steps: _Steps,
 ) -> list[torch.Tensor]:
-    """wᵢ·sparsify(θᵢ − θ₀), computed in the input buffers themselves (no new tensors:
-    a streamed merge is bound by memory traffic, and fresh buffers cost page faults)."""
+    """wᵢ·sparsify(θᵢ − θ₀) of flat tensors, computed in the input buffers themselves (no
+    new tensors: a streamed merge is bound by memory traffic, and fresh buffers cost page
+    faults)."""
     deltas = []
     for i, (x, mp) in enumerate(zip(inputs, model_params, strict=True)):
-        delta = x.sub_(base)
+        for part in steps:
+            x[part].sub_(base[part])
         if sparsification is not None:
-            gen = ctx.generator(i, device=delta.device) if sparsification == "random" else None
-            delta = sparsify(
-                delta,
+            gen = ctx.generator(i, device=x.device) if sparsification == "random" else None
+            _sparsify(
+                x,
                 float(mp["density"]),
                 sparsification,
+                steps,
                 rescale=bool(params["rescale"]),
                 rescale_mode=params.get("rescale_mode", "l1"),
                 gen=gen,
                 threshold=mp.get("trim_threshold"),
             )
-        deltas.append(delta.mul_(float(mp["weight"])))
+        deltas.append(x.mul_(float(mp["weight"])))
     return deltas
 
 
 def _disjoint_merge(
-    deltas: list[torch.Tensor], weights: list[float], how: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """TIES elect + disjoint merge: (Σ agreeing wᵢτᵢ, Σ agreeing wᵢ), ties at zero elect +.
+    deltas: list[torch.Tensor], weights: list[float], how: str, normalize: bool
+) -> torch.Tensor:
+    """TIES elect + disjoint merge of one chunk: Σ agreeing wᵢτᵢ, divided by Σ agreeing wᵢ
+    when `normalize`; ties at zero elect +.
 
     An entry agrees when its sign equals the elected sign, so zeros (trimmed or dropped
     entries) never count, as in the paper and mergekit.
@@ -127,8 +183,10 @@ def _disjoint_merge(
         agree = d.sign() == elected
         mixed.add_(torch.where(agree, d, 0.0))
         divisor.add_(agree.to(divisor.dtype), alpha=w)
-    divisor[divisor == 0] = 1
-    return mixed, divisor
+    if normalize:
+        divisor[divisor == 0] = 1
+        mixed.div_(divisor)
+    return mixed
 
 
 def merge_task_vectors(
@@ -141,20 +199,48 @@ def merge_task_vectors(
     sparsification: str | None,
     consensus: str | None,
 ) -> torch.Tensor:
-    """θ₀ + λ·combine(sparsify(θᵢ − θ₀)) for one tensor; see the module docstring."""
-    deltas = _weighted_deltas(inputs, base, params, model_params, ctx, sparsification)
+    """θ₀ + λ·combine(sparsify(θᵢ − θ₀)) for one tensor; see the module docstring.
+
+    Works on flat views, a chunk at a time, in the input buffers: a tensor of any size
+    needs only a few MB besides its inputs, and reports progress as it goes."""
+    shape = base.shape
+    base, inputs = _flat(base), [_flat(x) for x in inputs]
+    steps = _Steps(base.numel(), _passes(params, model_params, sparsification), ctx)
+    deltas = _weighted_deltas(inputs, base, params, model_params, ctx, sparsification, steps)
     weights = [float(mp["weight"]) for mp in model_params]
-    if consensus is not None:
-        mixed, divisor = _disjoint_merge(deltas, weights, consensus)
-        if params["normalize"]:
-            mixed.div_(divisor)
-    else:
-        mixed = deltas[0]
-        for d in deltas[1:]:
-            mixed.add_(d)
-        if params["normalize"]:
-            mixed.div_(weight_sum_divisor(weights, tensor=ctx.name))
-    return base.add_(mixed, alpha=float(params["lambda"]))
+    lam = float(params["lambda"])
+    divisor = None
+    if consensus is None and params["normalize"]:
+        divisor = weight_sum_divisor(weights, tensor=ctx.name)
+    for part in steps:
+        chunk = [d[part] for d in deltas]
+        if consensus is not None:
+            mixed = _disjoint_merge(chunk, weights, consensus, bool(params["normalize"]))
+        else:
+            mixed = chunk[0]
+            for d in chunk[1:]:
+                mixed.add_(d)
+            if divisor is not None:
+                mixed.div_(divisor)
+        base[part].add_(mixed, alpha=lam)
+    return base.view(shape)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """x as one flat view of its own memory (in-place math must reach the buffer)."""
+    return (x if x.is_contiguous() else x.contiguous()).view(-1)
+
+
+def _passes(params: dict, model_params: list[dict], sparsification: str | None) -> int:
+    """How many chunked passes the merge makes, for progress: per model the subtraction
+    and, where entries are dropped, the dropping (a per-tensor magnitude trim first
+    counts twice), then the combination."""
+    total = 1
+    for mp in model_params:
+        total += 1
+        if sparsification is not None and float(mp["density"]) < 1.0:
+            total += 3 if sparsification == "magnitude" and "trim_threshold" not in mp else 1
+    return total
 
 
 def _make(sparsification: str | None, consensus: str | None):
@@ -247,7 +333,7 @@ def _model_trim(ctx: PrepareContext) -> list[dict] | None:
     densities = [float(mp["density"]) for mp in ctx.model_params]
     if all(d >= 1.0 for d in densities):
         return None
-    thresholds = magnitude_thresholds(ctx.task_vectors, densities)
+    thresholds = magnitude_thresholds(ctx.task_vectors, densities, between=ctx.check)
     return [{"trim_threshold": t} for t in thresholds]
 
 

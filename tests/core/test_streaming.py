@@ -26,7 +26,7 @@ def models(tmp_path, states):
 def task_arithmetic(weight):
     """base + weight * sum(m_i - base), in place in the first model's buffer."""
 
-    def compute(output, tensors):
+    def compute(output, tensors, tick):
         *ms, base = tensors
         if not base.is_floating_point():
             return base
@@ -67,7 +67,7 @@ def test_sources_are_cast_to_the_compute_dtype_and_none_passes_none(tmp_path):
     ckpts = models(tmp_path, [a])
     seen = {}
 
-    def compute(output, tensors):
+    def compute(output, tensors, tick):
         seen[output.name] = [None if t is None else t.dtype for t in tensors]
         return tensors[0] if tensors[0].dtype == torch.bool else tensors[0] * 2
 
@@ -84,7 +84,7 @@ def test_sources_are_cast_to_the_compute_dtype_and_none_passes_none(tmp_path):
 def test_the_same_model_twice_gets_two_private_buffers(tmp_path):
     ckpts = models(tmp_path, [{"w": torch.tensor([1.0, 2.0])}])
 
-    def compute(output, tensors):
+    def compute(output, tensors, tick):
         a, b = tensors
         assert a.data_ptr() != b.data_ptr()
         return a.add_(b)  # would double-count if a and b were one buffer
@@ -96,7 +96,7 @@ def test_the_same_model_twice_gets_two_private_buffers(tmp_path):
 def test_results_may_be_views_or_new_tensors(tmp_path):
     ckpts = models(tmp_path, [{"a": torch.arange(6.0), "b": torch.ones(2, 3)}])
 
-    def compute(output, tensors):
+    def compute(output, tensors, tick):
         if output.name == "a":
             return tensors[0].view(2, 3)  # a view on the input buffer
         return tensors[0] + 1  # a fresh tensor
@@ -115,7 +115,7 @@ def test_many_tensors_reuse_a_few_buffers_and_respect_a_tiny_budget(tmp_path):
     ckpts = models(tmp_path, [state, state])
     pointers = set()
 
-    def compute(output, tensors):
+    def compute(output, tensors, tick):
         pointers.update(t.data_ptr() for t in tensors)
         return tensors[0].add_(tensors[1])
 
@@ -147,7 +147,10 @@ def test_wrong_result_shape_is_an_error_and_leaves_no_file(tmp_path):
     ckpts = models(tmp_path, [{"w": torch.ones(4)}])
     with pytest.raises(ValueError, match="shape"):
         run(
-            tmp_path, ckpts, [OutputTensor("w", (4,), torch.float32, (0,))], lambda o, ts: ts[0][:2]
+            tmp_path,
+            ckpts,
+            [OutputTensor("w", (4,), torch.float32, (0,))],
+            lambda o, ts, tick: ts[0][:2],
         )
     assert files_under(tmp_path / "in") == ["m0.safetensors"]
     assert not (tmp_path / "out.safetensors").exists()
@@ -160,7 +163,7 @@ def test_cancel_mid_stream_leaves_no_file(tmp_path):
     progress = Progress()
     calls = []
 
-    def compute(output, tensors):
+    def compute(output, tensors, tick):
         calls.append(output.name)
         if len(calls) == 5:
             progress.cancel()
@@ -190,7 +193,7 @@ def test_cancel_from_another_thread_while_the_writer_is_busy(tmp_path):
         writer.fault_hook = slow
         threading.Thread(target=lambda: started.wait(5) and progress.cancel()).start()
         with pytest.raises(Cancelled):
-            run_streaming(ckpts, outputs, lambda o, ts: ts[0], writer, progress)
+            run_streaming(ckpts, outputs, lambda o, ts, tick: ts[0], writer, progress)
     assert [p.name for p in tmp_path.iterdir()] == ["in"]
 
 
@@ -201,7 +204,7 @@ def test_a_read_error_mid_stream_is_reraised_and_leaves_no_file(tmp_path):
     os.truncate(path, os.path.getsize(path) - 2000)  # the last tensors are gone
     outputs = [OutputTensor(k, (1000,), torch.float32, (0,)) for k in state]
     with pytest.raises(CheckpointError, match="t4"):
-        run(tmp_path, ckpts, outputs, lambda o, ts: ts[0], out="o")
+        run(tmp_path, ckpts, outputs, lambda o, ts, tick: ts[0], out="o")
     assert [p.name for p in tmp_path.iterdir()] == ["in"]
 
 
@@ -211,6 +214,6 @@ def test_progress_reaches_the_total_in_bytes(tmp_path):
     events = []
     progress = Progress(events.append, min_interval=0)
     outputs = [OutputTensor(k, (10,), torch.float16, (0,)) for k in state]
-    run(tmp_path, ckpts, outputs, lambda o, ts: ts[0], progress=progress).close()
+    run(tmp_path, ckpts, outputs, lambda o, ts, tick: ts[0], progress=progress).close()
     assert events[-1].done == events[-1].total == 4 * 10 * 2
     assert all(a.done <= b.done for a, b in zip(events, events[1:], strict=False))
