@@ -99,7 +99,21 @@ class Checkpoint:
 
     @property
     def num_parameters(self) -> int:
-        return sum(e.info.numel for e in self._entries.values())
+        """Values in the model, tied tensors (names sharing one tensor) counted once, as
+        torch and Hugging Face count them."""
+        tied = {name for group in self.tied_groups() for name in group[1:]}
+        return sum(e.info.numel for name, e in self._entries.items() if name not in tied)
+
+    def tied_groups(self) -> list[list[str]]:
+        """Names that share one tensor (a language model's embedding and output head in a
+        `.pt` file), each group in the file's order. Safetensors files hold no such."""
+        seen: dict[tuple, list[str]] = {}
+        for name, e in self._entries.items():
+            if isinstance(e, LoadedTensor) and e.tensor.numel() > 0:
+                t = e.tensor
+                key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride())
+                seen.setdefault(key, []).append(name)
+        return [names for names in seen.values() if len(names) > 1]
 
     @property
     def total_bytes(self) -> int:

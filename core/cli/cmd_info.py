@@ -72,6 +72,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "metadata": dict(ckpt.metadata),
             "config": ckpt.config,
             "notes": ckpt.notes,
+            "tied": ckpt.tied_groups(),
             "tensor_list": [
                 {
                     "name": i.name,
@@ -90,6 +91,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  parameters  {human_count(data['parameters'])} ({data['parameters']:,})")
     print(f"  size        {human_bytes(data['bytes'])}")
     print(f"  dtypes      {', '.join(f'{k} x{v}' for k, v in dtypes.items())}")
+    for group in data["tied"]:
+        shared = ", ".join(f"'{name}'" for name in group)
+        print(f"  tied        {shared} share one tensor (counted once)")
     for note in data["notes"]:
         print(f"  note        {note}")
     if "merger_recipe" in data["metadata"]:

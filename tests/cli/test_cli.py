@@ -291,3 +291,17 @@ def test_sources_are_recorded_by_absolute_path(demo, tmp_path, monkeypatch):
         sources = json.loads(ckpt.metadata["merger_sources"])
     assert [s["path"] for s in sources] == [str(demo.models[k].resolve()) for k in ("0-4", "5-9")]
     assert all(len(s["sha256"]) == 64 for s in sources)
+
+
+def test_info_counts_tied_tensors_once(tmp_path, capsys):
+    """A .pt whose output head shares the embedding's tensor (weight tying) has 1,600
+    parameters plus the bias, as torch counts them, and says which names are tied."""
+    shared = torch.randn(100, 16)
+    path = tmp_path / "tied.pt"
+    torch.save({"embed.weight": shared, "head.weight": shared, "head.bias": torch.zeros(100)}, path)
+    assert main(["info", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["parameters"] == 1600 + 100
+    assert data["tied"] == [["embed.weight", "head.weight"]]
+    assert main(["info", str(path)]) == 0
+    assert "'embed.weight', 'head.weight' share one tensor" in capsys.readouterr().out
