@@ -29,10 +29,13 @@ from core.methods.linear import check_weight_sum, weight_sum_divisor
 from core.methods.registry import MethodSpec, Needs, Param
 from core.methods.trim import kth_largest_magnitude, magnitude_thresholds
 
-# Elements per step of a large tensor: temporaries stay a few MB whatever the tensor's size
-# (an LLM's embedding is hundreds of millions of values), and progress and cancel are
-# served between steps.
-CHUNK = 1 << 20
+# Elements per step of a large tensor: temporaries stay tens of MB whatever the tensor's
+# size (an LLM's embedding is hundreds of millions of values), and progress and cancel are
+# served between steps. Not smaller: each elementwise op is one OpenMP region whose start
+# costs milliseconds on a busy machine, and 1M-value steps made a 1 GB task-arithmetic
+# merge 2-3x slower than whole-tensor ops (benchmarks/streaming_merge.py); at 16M values
+# it is back to the whole-tensor time.
+CHUNK = 1 << 24
 
 
 class _Steps:

@@ -2,7 +2,9 @@
 formulas, progress inside the tensor, and cancel within it.
 
 The references here are written from the formulas with whole-tensor sorts and draws;
-the merge itself works a chunk (`CHUNK` values) at a time."""
+the merge itself works a chunk (`CHUNK` values) at a time. The tests shrink the chunk so
+that a tensor of a few hundred thousand values spans several: the code paths are the same
+as for a tensor of hundreds of millions at the production size."""
 
 from __future__ import annotations
 
@@ -12,13 +14,18 @@ from safetensors.torch import save_file
 
 from core.jobs import Cancelled, Progress
 from core.merge import run_merge
-from core.methods import REGISTRY
+from core.methods import REGISTRY, task_vectors
 from core.methods.context import TensorContext
-from core.methods.task_vectors import CHUNK
 from core.methods.trim import kth_largest_magnitude
 from core.recipe import Recipe
 
-N = 2 * CHUNK + 12345  # three chunks, the last one short
+SMALL_CHUNK = 1 << 16
+N = 2 * SMALL_CHUNK + 12345  # three chunks, the last one short
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(task_vectors, "CHUNK", SMALL_CHUNK)
 
 
 def defaults(method: str, m: int, **per_model) -> tuple[dict, list[dict]]:
