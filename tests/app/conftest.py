@@ -132,7 +132,7 @@ def big(tmp_path_factory):
     for i in range(6):
         state = {
             f"layers.{j}.weight": rng.standard_normal((1024, 1024), dtype=np.float32)
-            for j in range(12)
+            for j in range(24)
         }
         paths.append(save_tiny(folder / f"big_{i}.safetensors", state))
     return SimpleNamespace(folder=folder, base=paths[0], models=dict(enumerate(paths[1:])))

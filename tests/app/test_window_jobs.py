@@ -87,12 +87,17 @@ def test_cancel_stops_within_a_second_and_leaves_nothing(window, qtbot, big):
 def test_event_loop_never_stalls_during_a_long_merge(window, qtbot, big):
     """A 10 ms timer keeps firing while the merge runs: no gap over 100 ms."""
     load_big(window, big)
-    result, took, gaps = merge_with_ticks(window, qtbot)
-    assert result is not None
-    assert took > 1.0, f"the merge took only {took:.2f} s; the test needs a longer one"
+    took, gaps = 0.0, []
+    for _ in range(4):  # on a fast machine one merge may end too soon to tell: merge again
+        result, seconds, ticks = merge_with_ticks(window, qtbot)
+        assert result is not None
+        took, gaps = took + seconds, gaps + ticks[1:]
+        if took > 1.0:
+            break
+    assert took > 1.0, f"four merges took only {took:.2f} s; the test needs longer ones"
     assert len(gaps) > 50
-    print(f"merge {took:.2f} s, {len(gaps)} ticks, longest gap {max(gaps[1:])} ms")
-    assert max(gaps[1:]) < 100, f"the event loop stalled for {max(gaps[1:])} ms"
+    print(f"merge {took:.2f} s, {len(gaps)} ticks, longest gap {max(gaps)} ms")
+    assert max(gaps) < 100, f"the event loop stalled for {max(gaps)} ms"
 
 
 @pytest.mark.slow
