@@ -10,7 +10,8 @@ that people publish beside mergekit merges (`linear`, `slerp`, `task_arithmetic`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,14 @@ _KNOWN = {
     "merger",
 }
 
+_MODEL_KEYS = {"model", "parameters"}
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """ "did you mean 'x'? " for a near miss among `choices`, else ""."""
+    close = difflib.get_close_matches(name, sorted(choices), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
 
 def normalize_dtype(value: Any, *, key: str) -> str | None:
     if value is None:
@@ -93,12 +102,12 @@ class Recipe:
         for key, why in _UNSUPPORTED.items():
             if key in raw:
                 raise RecipeError(f"'{key}': {why}", file=source)
-        unknown = sorted(set(raw) - _KNOWN)
+        unknown = sorted(map(str, set(raw) - _KNOWN))
         if unknown:
             raise RecipeError(
                 f"unknown key(s) {', '.join(unknown)}",
                 file=source,
-                hint=f"known keys: {', '.join(sorted(_KNOWN))}",
+                hint=suggest(unknown[0], _KNOWN) + f"known keys: {', '.join(sorted(_KNOWN))}",
             )
         if "merge_method" not in raw:
             raise RecipeError("'merge_method' is missing", file=source)
@@ -111,6 +120,14 @@ class Recipe:
                 entry = {"model": entry}
             if not isinstance(entry, Mapping) or "model" not in entry:
                 raise RecipeError(f"models[{i}] needs a 'model' path", file=source)
+            unknown = sorted(map(str, set(entry) - _MODEL_KEYS))
+            if unknown:  # a typo here would silently drop the entry's parameters
+                raise RecipeError(
+                    f"models[{i}] ({entry['model']}): unknown key(s) {', '.join(unknown)}",
+                    file=source,
+                    hint=suggest(unknown[0], _MODEL_KEYS) + "a model entry takes 'model' and "
+                    "'parameters'",
+                )
             params = entry.get("parameters") or {}
             if not isinstance(params, Mapping):
                 raise RecipeError(f"models[{i}].parameters must be a mapping", file=source)

@@ -3,7 +3,6 @@ before any tensor is read, so a merge never fails half-way for a reason known up
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,7 @@ from core.errors import CheckpointError, RecipeError
 from core.methods import REGISTRY
 from core.methods.params import check_value, resolve_params, unknown_keys, varies_by_tensor
 from core.methods.registry import MethodSpec
-from core.recipe import ModelEntry, Recipe
+from core.recipe import ModelEntry, Recipe, suggest
 
 
 def input_entries(recipe: Recipe, spec: MethodSpec) -> list[ModelEntry]:
@@ -90,10 +89,8 @@ def _takes(spec: MethodSpec, bad: Sequence[str], *, per_model: bool) -> str:
     """What the method takes (per model, or for the whole merge), with a 'did you mean'
     for the first unknown name when one is close."""
     names = [p.name for p in spec.params if p.per_model or not per_model]
-    close = difflib.get_close_matches(bad[0], names, n=1)
     where = "per model it takes" if per_model else "it takes"
-    takes = f"{where} {', '.join(names) or 'none'}"
-    return f"did you mean '{close[0]}'? {takes}" if close else takes
+    return suggest(bad[0], names) + f"{where} {', '.join(names) or 'none'}"
 
 
 def _varies_by_tensor(recipe: Recipe, inputs: Sequence[ModelEntry]) -> bool:

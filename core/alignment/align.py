@@ -74,6 +74,12 @@ def align(
             device=device,
         )
         perms, sweeps = result.perms, result.sweeps
+        ending = (
+            f"weight matching converged after {sweeps} sweep(s)"
+            if result.converged
+            else f"weight matching stopped at the sweep limit ({max_iter}) before converging; "
+            "a higher max_iter may raise the objective"
+        )
     else:
         from core.alignment.activations import match_by_activations
 
@@ -90,14 +96,20 @@ def align(
             progress=progress,
         )
         sweeps = 0
+        ending = None
     aligned = spec.apply(state_b, perms)
     after = matching_objective(spec, state_a, aligned, spec.identity())
+    measure = (
+        "matching objective ⟨A, π(B)⟩"
+        if method == "weight"  # activation matching optimizes another score: say so
+        else "weight similarity ⟨A, π(B)⟩ (not the score activation matching maximizes)"
+    )
     notes = [
         f"architecture {architecture.name}: {len(spec.groups)} permutation group(s)",
-        f"matching objective ⟨A, π(B)⟩ {before:.6g} → {after:.6g}",
+        f"{measure} {before:.6g} → {after:.6g}",
     ]
-    if sweeps:
-        notes.append(f"weight matching converged after {sweeps} sweep(s)")
+    if ending:
+        notes.append(ending)
     return Alignment(
         architecture, perms, aligned, before, after, sweeps, notes + architecture.notes
     )

@@ -61,6 +61,7 @@ class MatchResult:
     objective_history: list[float] = field(default_factory=list)  # after each sweep
     sweeps: int = 0
     initial_objective: float = 0.0
+    converged: bool = False  # a sweep left every group as it was (not stopped by max_iter)
 
 
 def cost_tensors(spec: PermutationSpec, state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -142,6 +143,7 @@ def weight_matching(
                 f"{settled} of {len(groups)} groups settled",
             )
         if settled == len(groups):
+            result.converged = True
             break
     result.perms = {g: p.cpu() for g, p in perms.items()}
     return result

@@ -12,7 +12,7 @@ import yaml
 from core.checkpoints import parse_size
 from core.cli.output import print_json
 from core.cli.progress_bar import TerminalBar
-from core.errors import MergerError, RecipeError
+from core.errors import MergerError, OutputError, RecipeError
 from core.jobs import Progress
 from core.merge import MergeResult, run_merge, validate_recipe
 from core.methods import REGISTRY
@@ -91,7 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "digits, or an .npz with array x (and y, labels, not needed here)",
     )
     p.add_argument("--arch", help="architecture: a family name or path/to/model.py:factory")
-    p.add_argument("--save-recipe", metavar="FILE", help="also write the recipe as YAML")
+    p.add_argument(
+        "--save-recipe",
+        metavar="FILE",
+        help="also write the recipe as YAML (after the merge succeeds; runs with `merger run`)",
+    )
     p.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="output .safetensors file, or a folder"
     )
@@ -213,10 +217,35 @@ def _file_list(result: MergeResult) -> str:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
-    if args.save_recipe:  # absolute paths: the recipe runs from any folder
-        absolute_recipe(recipe).save(args.save_recipe)
+    if args.save_recipe:
+        check_recipe_target(args.save_recipe, args.output, overwrite=args.overwrite)
     # --arch given on this command line is the user's own choice of code to run
-    return _execute(recipe, args.output, args, allow_code=True)
+    status = _execute(recipe, args.output, args, allow_code=True)
+    if args.save_recipe:  # only for a merge that worked; absolute paths run from anywhere
+        absolute_recipe(recipe).save(args.save_recipe)
+    return status
+
+
+def check_recipe_target(path: str, output: str, *, overwrite: bool) -> None:
+    """Where --save-recipe may write: a .yaml name (so never an input model), not the
+    merge's output, and no existing file unless --overwrite allows replacing it."""
+    target = Path(path).expanduser()
+    if target.suffix.lower() not in (".yaml", ".yml"):
+        raise OutputError(
+            "a recipe is a YAML file",
+            file=path,
+            hint="name the recipe file *.yaml (--save-recipe recipe.yaml)",
+        )
+    if os.path.realpath(target) == os.path.realpath(Path(output).expanduser()):
+        raise OutputError("the recipe file is the merge's output", file=path)
+    if target.is_dir():
+        raise OutputError("a folder has this name", file=path, hint="choose a file name")
+    if os.path.lexists(target) and not overwrite:
+        raise OutputError(
+            "the recipe file already exists",
+            file=path,
+            hint="choose another name, or allow replacing it (--overwrite)",
+        )
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 from core.errors import RecipeError
 from core.methods.registry import MethodSpec, Param
+from core.recipe import suggest
 
 _TRAILING_DIGITS = re.compile(r"(\d+)$")
 # Tensors outside the numbered blocks: input side (t = 0) or output side (t = 1), by name,
@@ -130,13 +131,29 @@ def check_value(p: Param, value: Any, *, where: str) -> None:
         if not p.per_tensor:
             raise RecipeError(f"{where}: parameter '{p.name}' cannot vary by tensor or layer")
         for v in value:
-            check_value(
-                p, v["value"] if isinstance(v, Mapping) and "value" in v else v, where=where
-            )
+            if isinstance(v, Mapping):
+                _check_filter_entry(p, v, where=where)
+                v = v["value"]
+            check_value(p, v, where=where)
         return
     if isinstance(value, Mapping):
         resolve_value(value, "", 0.0, param=p.name)  # raises the shape error
     p.coerce(value, where=where)
+
+
+def _check_filter_entry(p: Param, entry: Mapping, *, where: str) -> None:
+    """A {filter, value} entry has those keys and a value: a misspelt `fliter` would
+    otherwise make the entry a fallback that applies to every tensor."""
+    unknown = sorted(map(str, set(entry) - {"filter", "value"}))
+    if unknown:
+        raise RecipeError(
+            f"{where}: parameter '{p.name}': an entry has unknown key(s) {', '.join(unknown)}",
+            hint=suggest(unknown[0], ("filter", "value"))
+            + "entries are {filter: part of a tensor name, value: V}; one without a filter "
+            "is the fallback",
+        )
+    if "value" not in entry:
+        raise RecipeError(f"{where}: parameter '{p.name}': an entry has no 'value'")
 
 
 def resolve_params(

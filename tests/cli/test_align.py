@@ -359,3 +359,15 @@ def test_activation_matching_takes_inputs_without_labels(demo, tmp_path, capsys)
     capsys.readouterr()
     assert main(["eval", str(out), "--data", str(unlabelled)]) == 1
     assert f"{unlabelled}: the data has no labels" in capsys.readouterr().err
+
+
+def test_a_run_stopped_by_the_sweep_limit_does_not_claim_convergence(demo, tmp_path, capsys):
+    a_path, b_path = map(str, demo.seeds)
+    assert main(["align", a_path, b_path, "-o", str(tmp_path / "one.safetensors")]) == 0
+    converged = capsys.readouterr().out
+    assert "converged after" in converged and "sweep limit" not in converged
+    args = ["align", a_path, b_path, "--max-iter", "1", "-o", str(tmp_path / "two.safetensors")]
+    assert main(args) == 0
+    stopped = capsys.readouterr().out
+    assert "stopped at the sweep limit (1) before converging" in stopped
+    assert "converged" not in stopped.replace("before converging", "")

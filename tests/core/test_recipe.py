@@ -93,6 +93,42 @@ def test_a_mistyped_parameter_gets_a_suggestion_and_the_list():
     assert info.value.hint == "did you mean 'density'? per model it takes weight, density"
 
 
+@pytest.mark.parametrize(
+    "entry, message, close",
+    [
+        (
+            "{model: b, paramters: {weight: 2}}",
+            "models[1] (b): unknown key(s) paramters",
+            "parameters",
+        ),
+        (
+            "{model: b, parameters: {weight: [{fliter: mlp, value: 0.5}, {value: 1}]}}",
+            "b: parameter 'weight': an entry has unknown key(s) fliter",
+            "filter",
+        ),
+        (
+            "{model: b, parameters: {weight: [{filter: mlp, valeu: 0.5}, {value: 1}]}}",
+            "b: parameter 'weight': an entry has unknown key(s) valeu",
+            "value",
+        ),
+    ],
+)
+def test_typos_inside_model_entries_are_refused_not_ignored(entry, message, close):
+    """A misspelt `parameters` dropped the weights; a misspelt `filter` turned its entry
+    into the fallback for every tensor. Both merged without a word before."""
+    text = f"merge_method: task_arithmetic\nbase_model: a\nmodels: [a, {entry}]"
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(Recipe.from_yaml(text))
+    assert message in str(info.value)
+    assert info.value.hint.startswith(f"did you mean '{close}'?")
+
+
+def test_a_filter_entry_without_a_value_is_refused_naming_the_model():
+    text = "merge_method: linear\nmodels: [a, {model: b, parameters: {weight: [{filter: x}]}}]"
+    with pytest.raises(RecipeError, match="b: parameter 'weight': an entry has no 'value'"):
+        validate_recipe(Recipe.from_yaml(text))
+
+
 def test_model_counts_mention_a_base_only_for_methods_that_take_one():
     with pytest.raises(RecipeError) as info:
         validate_recipe(Recipe.from_yaml("merge_method: linear\nmodels: []"))
