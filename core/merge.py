@@ -32,7 +32,7 @@ from core.prepass import prepare_method
 from core.provenance import extra_files, hash_sources, metadata
 from core.recipe import TORCH_DTYPES, Recipe
 from core.resources import check_merge_memory, run_on_device
-from core.streaming import OutputTensor, run_streaming
+from core.streaming import OutputTensor, check_cast_range, run_streaming
 from core.validate import (
     check_finite,
     check_models,
@@ -360,7 +360,9 @@ def _run_model_level(
     with _writer(recipe, session, plan, target) as writer:
         for i, info in enumerate(plan):
             progress.update(i, len(plan), f"writing {info.name}")
-            writer.write(info.name, state[info.name].to(info.dtype).contiguous())
+            cast = state[info.name].to(info.dtype).contiguous()
+            check_cast_range(state[info.name], cast, info.name)
+            writer.write(info.name, cast)
         return _commit(writer, recipe, session, hashes, hasher, progress)
 
 

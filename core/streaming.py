@@ -24,6 +24,7 @@ import torch
 
 from core.checkpoints import Checkpoint, CheckpointWriter
 from core.checkpoints.tensor_info import itemsize
+from core.errors import OutputError
 from core.jobs import Progress
 
 POLL_SECONDS = 0.05
@@ -325,12 +326,38 @@ def _compute_one(
         cast.copy_(result)
         for b in item.buffers:
             pool.give(b)
+        try:
+            check_cast_range(result, cast, output.name)
+        except OutputError:
+            out_pool.give(cast)
+            raise
         return cast, [cast], out_pool
     keep = [b for b in item.buffers if _same_storage(b, result)]
     for b in item.buffers:
         if not any(b is k for k in keep):
             pool.give(b)
     return result, keep, pool
+
+
+def check_cast_range(result: torch.Tensor, cast: torch.Tensor, name: str) -> None:
+    """Refuse a cast that turned finite values into infinities (float16 ends at 65504).
+
+    Inputs are checked finite before merging, so an infinity here is the output dtype's
+    range, and a saved model full of inf would only fail later, far from the cause. Only
+    narrowing casts are checked: the scan costs a pass over the tensor."""
+    if not (result.dtype.is_floating_point and cast.dtype.is_floating_point):
+        return
+    if torch.finfo(cast.dtype).max >= torch.finfo(result.dtype).max:
+        return
+    if bool(torch.isfinite(cast).all()) or not bool(torch.isfinite(result).all()):
+        return
+    largest = float(result.abs().max())
+    raise OutputError(
+        f"merged values up to {largest:.4g} exceed {str(cast.dtype).removeprefix('torch.')}'s "
+        f"range (largest {torch.finfo(cast.dtype).max:.6g}) and would be saved as infinity",
+        tensor=name,
+        hint="save as bfloat16 or float32 (--out-dtype, or Output dtype in the window)",
+    )
 
 
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:

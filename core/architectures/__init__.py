@@ -119,7 +119,16 @@ def _resolve(arch: str | None, state: State, *, allow_code: bool, need_spec: boo
         return family.build(weights, option)
 
     label = f"{name}:{option}" if option and option != family.options[0] else name
-    return Architecture(label, spec, build, family.input_shape(shapes))
+    notes = []
+    if arch is None:
+        notes.append(
+            f"architecture {label} detected from the tensor names and shapes: "
+            f"{family.description}; a model with skip connections or other operations "
+            f"needs its code, path/to/model.py:factory {WHERE}"
+        )
+    return Architecture(
+        label, spec, build, family.input_shape(shapes), notes, detected=arch is None
+    )
 
 
 def architecture_problem(arch: str | None) -> str | None:

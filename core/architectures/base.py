@@ -34,6 +34,9 @@ class Architecture:
     build: Callable[[State], nn.Module]
     input_shape: tuple[int, ...] | None = None
     notes: list[str] = field(default_factory=list)
+    # Chosen from the checkpoint's names and shapes, not by the user: a guess about the
+    # forward pass (skip connections leave no trace in a state dict), to be said as such.
+    detected: bool = False
 
     def example_input(self, batch: int = 2, seed: int = 0) -> torch.Tensor | None:
         """A random batch of the model's input shape, or None if the shape is unknown."""

@@ -211,8 +211,8 @@ def input_shape(shapes: Shapes) -> tuple[int, ...]:
 
 FAMILY = Family(
     name="mlp",
-    description="a chain of Linear layers with one elementwise activation (option: "
-    + ", ".join(ACTIVATIONS)
+    description="a chain of Linear layers with ReLU between them (for another activation: "
+    + ", ".join(f"mlp:{a}" for a in list(ACTIVATIONS)[1:])
     + ")",
     fits=fits,
     spec=spec,

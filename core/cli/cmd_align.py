@@ -171,5 +171,8 @@ def cmd_align(args: argparse.Namespace) -> int:
             print(f"note: {note}")
         for note in result.notes:
             print(note)
-        print(f"wrote {args.output}: B permuted to match A (same function as B)")
+        same = "same function as B"
+        if result.arch.detected:  # only as true as the detected forward pass
+            same += f" if the model is the detected {result.arch.name}"
+        print(f"wrote {args.output}: B permuted to match A ({same})")
     return 0

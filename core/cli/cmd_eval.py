@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from core.architectures import resolve_architecture
 from core.checkpoints import open_checkpoint
 from core.cli.output import print_json
 from core.data import load_dataset
 from core.data.fit import check_fits
+from core.errors import MergerError
 from core.evaluate import evaluate
 
 
@@ -28,20 +30,44 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """One row per model; a model that cannot be evaluated is reported on its own line
+    (stderr) without losing the others' rows, and the exit code says so."""
     data = load_dataset(args.data)
-    rows = []
+    rows, failed = [], []
     for path in args.models:
-        with open_checkpoint(path) as ckpt:
-            state = ckpt.state_dict()
-        arch = resolve_architecture(args.arch, state, need_spec=False, source=path)
-        check_fits(data, arch.input_shape)
-        scores = evaluate(arch.build(state), data)
-        rows.append({"model": path, "architecture": arch.name, **scores})
+        try:
+            rows.append(_evaluate_one(path, args.arch, data))
+        except MergerError as exc:
+            failed.append(str(exc))
     if args.json:
-        print_json(rows)
-        return 0
-    width = max(len(r["model"]) for r in rows)
-    print(f"{'model':<{width}}  {'loss':>8}  {'accuracy':>8}   ({data.name}, {len(data)} examples)")
-    for r in rows:
-        print(f"{r['model']:<{width}}  {r['loss']:8.4f}  {r['accuracy']:8.1%}")
-    return 0
+        print_json(rows + [{"error": message} for message in failed])
+    elif rows:
+        _print_table(rows, data)
+    for message in failed:
+        print(f"merger: error: {message}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _evaluate_one(path: str, arch_name: str | None, data) -> dict:
+    with open_checkpoint(path) as ckpt:
+        state = ckpt.state_dict()
+    arch = resolve_architecture(arch_name, state, need_spec=False, source=path)
+    check_fits(data, arch.input_shape)
+    scores = evaluate(arch.build(state), data)
+    return {"model": path, "architecture": arch.name, "detected": arch.detected, **scores}
+
+
+def _print_table(rows: list[dict], data) -> None:
+    """Models, the architecture each was run as ('detected': guessed from its names and
+    shapes, so a wrong guess shows), loss and accuracy."""
+    archs = [r["architecture"] + (" (detected)" if r["detected"] else "") for r in rows]
+    width = max(len("model"), *(len(r["model"]) for r in rows))
+    arch_width = max(len("architecture"), *map(len, archs))
+    print(
+        f"{'model':<{width}}  {'architecture':<{arch_width}}  {'loss':>8}  {'accuracy':>8}   "
+        f"({data.name}, {len(data)} examples)"
+    )
+    for r, arch in zip(rows, archs, strict=True):
+        print(
+            f"{r['model']:<{width}}  {arch:<{arch_width}}  {r['loss']:8.4f}  {r['accuracy']:8.1%}"
+        )

@@ -371,3 +371,18 @@ def test_a_run_stopped_by_the_sweep_limit_does_not_claim_convergence(demo, tmp_p
     stopped = capsys.readouterr().out
     assert "stopped at the sweep limit (1) before converging" in stopped
     assert "converged" not in stopped.replace("before converging", "")
+
+
+def test_a_detected_architecture_is_named_as_an_assumption(demo, tmp_path, capsys):
+    """Skip connections leave no trace in a state dict: an architecture detected from
+    names and shapes is a guess, and the output says what was assumed."""
+    a_path, b_path = map(str, demo.seeds)
+    assert main(["align", a_path, b_path, "-o", str(tmp_path / "d.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "architecture mlp detected from the tensor names and shapes" in out
+    assert "path/to/model.py:factory" in out
+    assert "(same function as B if the model is the detected mlp)" in out
+    named = ["align", a_path, b_path, "--arch", "mlp", "-o", str(tmp_path / "n.safetensors")]
+    assert main(named) == 0
+    out = capsys.readouterr().out
+    assert "detected from" not in out and out.endswith("(same function as B)\n")

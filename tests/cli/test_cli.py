@@ -185,6 +185,23 @@ def test_eval_reports_accuracy_of_merged_model(demo, tmp_path, capsys):
     assert merged["accuracy"] > finetuned["accuracy"] + 0.1
 
 
+def test_eval_says_which_architecture_ran_and_keeps_the_rows_that_worked(demo, tmp_path, capsys):
+    """A detected architecture is a guess from names and shapes: the table says so. A
+    broken file among the models is reported without losing the other rows."""
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"junk")
+    args = ["eval", str(demo.base), str(broken), str(demo.models["0-4"]), "--data", str(demo.data)]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    header, *rows = captured.out.strip().splitlines()
+    assert header.split()[:4] == ["model", "architecture", "loss", "accuracy"]
+    assert [r.split()[0] for r in rows] == [str(demo.base), str(demo.models["0-4"])]
+    assert all(r.split()[1:3] == ["mlp", "(detected)"] for r in rows)
+    assert captured.err.startswith(f"merger: error: {broken}")
+    assert main([*args[:2], *args[3:], "--arch", "mlp"]) == 0
+    assert "(detected)" not in capsys.readouterr().out  # named, not guessed
+
+
 def test_exported_copy_records_its_dtype_and_its_recipe_reproduces_it(demo, tmp_path):
     from core.export import export_checkpoint
 

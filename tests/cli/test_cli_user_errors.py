@@ -302,6 +302,25 @@ def test_a_float64_output_dtype_is_computed_in_float64(demo, tmp_path):
         assert torch.equal(merged[k], exact), k
 
 
+@pytest.mark.parametrize("method", ["linear", "weight_matching"])
+def test_values_beyond_float16_are_refused_not_saved_as_infinity(tmp_path, capsys, method):
+    """Finite inputs whose merge leaves float16's range: the merge names the tensor and
+    writes nothing, instead of a file that Merger itself would then refuse as broken."""
+    big = {"layers.0.weight": torch.full((4, 3), 1e5), "layers.0.bias": torch.zeros(4)}
+    big2 = {k: v * 2 for k, v in big.items()}
+    paths = [tmp_path / "h1.safetensors", tmp_path / "h2.safetensors"]
+    for path, state in zip(paths, (big, big2), strict=True):
+        save_file(state, path)
+    out = tmp_path / "h.safetensors"
+    args = ["merge", "--method", method, *map(str, paths), "--out-dtype", "float16"]
+    assert main([*args, "-o", str(out), "--quiet"]) == 1
+    line = one_error_line(capsys)
+    assert "tensor 'layers.0.weight'" in line and "float16's range" in line
+    assert "bfloat16 or float32" in line
+    assert not out.exists() and leftovers(tmp_path) == []
+    assert main([*args[:-1], "bfloat16", "-o", str(out), "--quiet"]) == 0  # as the hint says
+
+
 # -- 6. align names the model whose architecture differs -------------------------------
 def test_align_of_two_architectures_names_the_model_that_differs(tmp_path, capsys):
     mlp, cnn = tmp_path / "mlp.safetensors", tmp_path / "cnn.safetensors"
