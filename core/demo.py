@@ -16,6 +16,7 @@ Everything is seeded, so the files are the same on every machine with the same t
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,7 @@ def make_demo(folder: str | Path, *, log: Callable[[str], None] | None = None) -
     if _demo_version(marker) == DEMO_VERSION:
         say(f"demo models already in {folder}")
         return demo
+    _refuse_foreign_files(demo, marker)
     torch.manual_seed(0)
     train_set, test_set = split_digits(seed=0)
     base = train(_seeded(lambda: mlp(64), 0), train_set, steps=150, lr=1e-2, seed=0)
@@ -195,6 +197,22 @@ def make_demo(folder: str | Path, *, log: Callable[[str], None] | None = None) -
     say(f"wrote recipes: {', '.join(_RECIPES)} in {folder / 'recipes'}")
     write_text_atomic(marker, json.dumps({"version": DEMO_VERSION, **demo.to_json()}, indent=2))
     return demo
+
+
+def _refuse_foreign_files(demo: DemoSet, marker: Path) -> None:
+    """Files of ours may be rewritten (an older demo, named by its demo.json); files with
+    the demo's names in a folder without one are someone's own, and are left alone."""
+    if marker.exists():
+        return
+    targets = [demo.base, *demo.models.values(), *demo.seeds, demo.data, *demo.recipes.values()]
+    taken = [p.relative_to(demo.folder).as_posix() for p in targets if os.path.lexists(p)]
+    if taken:
+        shown = ", ".join(taken[:4]) + (f" and {len(taken) - 4} more" if len(taken) > 4 else "")
+        raise OutputError(
+            f"already holds {shown}, which the demo would replace",
+            file=demo.folder,
+            hint="give a new or empty folder; the demo never overwrites files it did not write",
+        )
 
 
 def _make_folder(folder: Path) -> None:

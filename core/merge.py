@@ -40,6 +40,7 @@ from core.validate import (
     same_file_key,
     sign_notes,
     unused_filters,
+    unused_settings,
     validate_recipe,
 )
 
@@ -190,6 +191,7 @@ def run_merge(
             )
         report.notes.extend(unused_filters(recipe, session.reference.keys()))
         report.notes.extend(sign_notes(recipe, spec))
+        report.notes.extend(unused_settings(recipe, spec))
         if spec.kind == "tensorwise":  # float64 tensors are computed in float64
             compute_dtype = _widest_compute_dtype(recipe, session)
         else:

@@ -20,8 +20,10 @@ from core.recipe import ModelEntry, Recipe, suggest
 
 
 def input_entries(recipe: Recipe, spec: MethodSpec) -> list[ModelEntry]:
-    """The models a method combines: all of `models`, less the base where it is not an input."""
-    if recipe.base_model and not spec.needs.base_is_input:
+    """The models a method combines: all of `models`, less the base where the method
+    takes one apart (task vectors are relative to it). A method without a base (weight
+    matching) treats a listed base_model as an ordinary model."""
+    if recipe.base_model and spec.needs.base and not spec.needs.base_is_input:
         base = same_file_key(recipe.base_model)
         return [m for m in recipe.models if same_file_key(m.model) != base]
     return list(recipe.models)
@@ -223,3 +225,31 @@ def sign_notes(recipe: Recipe, spec: MethodSpec) -> list[str]:
         f"{spec.name} with normalize on (entries are divided by the agreeing weights' sum); "
         "to subtract, use lambda < 0, or set normalize: false"
     ]
+
+
+def unused_settings(recipe: Recipe, spec: MethodSpec) -> list[str]:
+    """Notes for settings this method ignores, which a user would expect to matter: a
+    base model it does not use, data or an architecture it never reads, the weight of a
+    base that has no task vector."""
+    needs, name = spec.needs, spec.name
+    notes = []
+    inputs = {same_file_key(e.model) for e in input_entries(recipe, spec)}
+    if recipe.base_model and not needs.base and same_file_key(recipe.base_model) not in inputs:
+        notes.append(
+            f"method '{name}' uses no base model: base_model {recipe.base_model} is not used"
+            + (" (list it under models to average it in)" if needs.base_is_input else "")
+        )
+    if recipe.data and not (needs.data or needs.uses_data):
+        notes.append(f"method '{name}' runs no data: data {recipe.data} is not used")
+    if recipe.arch and not needs.arch:
+        notes.append(f"method '{name}' needs no architecture: arch {recipe.arch} is not used")
+    if recipe.base_model and needs.base and not needs.base_is_input:
+        base = same_file_key(recipe.base_model)
+        for entry in recipe.models:
+            if same_file_key(entry.model) == base and entry.parameters:
+                notes.append(
+                    f"{entry.model}: the base model's parameters "
+                    f"({', '.join(map(str, entry.parameters))}) are not used: under '{name}' "
+                    "the base is what the other models' changes are measured from"
+                )
+    return notes

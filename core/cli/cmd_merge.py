@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shard-size",
         metavar="SIZE",
+        type=option_type(parse_size),
         help="split the output into shards of at most SIZE (e.g. 5GB); needs a folder",
     )
     p.add_argument(
@@ -48,14 +50,41 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def device_option(text: str) -> str:
-    """argparse type of --device: a known device name, or a one-line usage error."""
+def option_type(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse `type` from a converter that raises MergerError: a bad value is a
+    malformed command line, one line and exit 2, like argparse's own checks."""
+
+    def option(text: str) -> Any:
+        try:
+            return convert(text)
+        except MergerError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    option.__name__ = getattr(convert, "__name__", "value")  # argparse names it on errors
+    return option
+
+
+def _device(text: str) -> str:
     from core.devices import check_device_name
 
+    return check_device_name(text)
+
+
+def _dtype(text: str) -> str | None:
     try:
-        return check_device_name(text)
-    except MergerError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        return normalize_dtype(text, key="dtype")
+    except RecipeError:
+        raise RecipeError(f"'{text}' is not a dtype; use one of {', '.join(DTYPES)}") from None
+
+
+def _key_value(text: str) -> str:
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set expects KEY=VALUE, not '{text}'")
+    return text
+
+
+device_option = option_type(_device)
 
 
 def _allow_code_option(p: argparse.ArgumentParser) -> None:
@@ -79,11 +108,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
+        type=option_type(_key_value),
         help="a method parameter; repeatable. Per-model parameters take one value "
         "or one per model: --set weight=0.7,0.3. Gradients: --set t=[0,0.5,1]",
     )
-    p.add_argument("--dtype", help=f"compute dtype ({', '.join(DTYPES)}); default float32")
-    p.add_argument("--out-dtype", help="output dtype; default: --dtype, else the inputs' own")
+    p.add_argument(
+        "--dtype",
+        type=option_type(_dtype),
+        help=f"compute dtype ({', '.join(DTYPES)}); default float32, float64 for float64 models",
+    )
+    p.add_argument(
+        "--out-dtype",
+        type=option_type(_dtype),
+        help="output dtype; default: --dtype, else the inputs' own",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for random methods (DARE)")
     p.add_argument(
         "--data",
@@ -161,8 +199,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         models=tuple(models),
         base_model=args.base,
         parameters=global_params,
-        dtype=normalize_dtype(args.dtype, key="--dtype"),
-        out_dtype=normalize_dtype(args.out_dtype, key="--out-dtype"),
+        dtype=args.dtype,
+        out_dtype=args.out_dtype,
         seed=args.seed,
         data=args.data,
         arch=args.arch,
@@ -178,7 +216,7 @@ def _execute(recipe: Recipe, out: str, args: argparse.Namespace, *, allow_code: 
             recipe,
             out,
             progress=progress,
-            shard_size=parse_size(args.shard_size) if args.shard_size else None,
+            shard_size=args.shard_size,
             overwrite=args.overwrite,
             extra_keys=args.extra_keys,
             device=args.device,

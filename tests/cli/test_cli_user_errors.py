@@ -167,6 +167,24 @@ def test_demo_at_an_existing_model_file_is_a_user_error(demo, tmp_path, capsys):
     assert model.read_bytes() == before
 
 
+def test_demo_never_replaces_files_it_did_not_write(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    (folder / "recipes").mkdir(parents=True)
+    (folder / "base.safetensors").write_text("my precious")
+    (folder / "recipes" / "ties.yaml").write_text("mine")
+    assert main(["demo", str(folder)]) == 1
+    line = one_error_line(capsys)
+    assert "already holds base.safetensors, recipes/ties.yaml" in line
+    assert (folder / "base.safetensors").read_text() == "my precious"
+    assert (folder / "recipes" / "ties.yaml").read_text() == "mine"
+    assert sorted(p.name for p in folder.iterdir()) == ["base.safetensors", "recipes"]
+
+
+def test_demo_reuses_its_own_folder(demo, capsys):
+    assert main(["demo", str(demo.folder)]) == 0
+    assert "already in" in capsys.readouterr().out
+
+
 def test_demo_under_a_file_is_a_user_error(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("mine")
@@ -412,6 +430,24 @@ def test_a_bad_sweep_count_is_explained(demo, tmp_path, capsys, value, text):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument --max-iter: {text}" in err and "_positive" not in err
+
+
+@pytest.mark.parametrize(
+    ("option", "text"),
+    [
+        (["--set", "density"], "argument --set: --set expects KEY=VALUE, not 'density'"),
+        (["--dtype", "int8"], "argument --dtype: 'int8' is not a dtype; use one of float32"),
+        (["--out-dtype", "int8"], "argument --out-dtype: 'int8' is not a dtype"),
+        (["--shard-size", "abc"], "argument --shard-size: cannot read the size 'abc'"),
+    ],
+)
+def test_malformed_option_values_exit_2_as_the_readme_says(demo, tmp_path, capsys, option, text):
+    out = tmp_path / "x"
+    with pytest.raises(SystemExit) as exit_info:
+        main(linear(demo, out, *option))
+    assert exit_info.value.code == 2
+    assert text in one_error_line(capsys)
+    assert not out.exists()
 
 
 def test_align_by_activations_without_data_is_a_malformed_command_line(demo, tmp_path, capsys):

@@ -160,3 +160,37 @@ def test_a_model_file_given_as_a_recipe_says_where_its_recipe_is(tmp_path):
     with pytest.raises(RecipeError, match="this is a model file, not a recipe") as info:
         Recipe.load(model)
     assert f"merger info {model}" in info.value.hint
+
+
+def notes_for(text: str) -> list[str]:
+    from core.validate import unused_settings
+
+    recipe = Recipe.from_yaml(text)
+    return unused_settings(recipe, validate_recipe(recipe))
+
+
+def test_settings_a_method_ignores_are_noted():
+    linear = notes_for(
+        "merge_method: linear\nbase_model: c\nmodels: [a, b]\ndata: digits\narch: mlp"
+    )
+    assert linear == [
+        "method 'linear' uses no base model: base_model c is not used "
+        "(list it under models to average it in)",
+        "method 'linear' runs no data: data digits is not used",
+        "method 'linear' needs no architecture: arch mlp is not used",
+    ]
+    base_weight = notes_for(
+        "merge_method: task_arithmetic\nbase_model: c\n"
+        "models: [{model: c, parameters: {weight: 5}}, a]"
+    )
+    assert len(base_weight) == 1 and base_weight[0].startswith("c: the base model's parameters")
+    # what each method uses draws no note
+    assert notes_for("merge_method: linear\nbase_model: a\nmodels: [a, b]") == []
+    assert notes_for("merge_method: weight_matching\nmodels: [a, b]\narch: mlp\ndata: d.npz") == []
+
+
+def test_a_method_without_a_base_takes_a_listed_base_as_an_input():
+    """`merger merge --method weight_matching --base A B` meant A and B, not B alone."""
+    recipe = Recipe.from_yaml("merge_method: weight_matching\nbase_model: a\nmodels: [a, b]")
+    validate_recipe(recipe)  # two inputs, not one
+    assert notes_for("merge_method: weight_matching\nbase_model: a\nmodels: [a, b]") == []
