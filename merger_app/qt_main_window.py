@@ -45,6 +45,7 @@ from merger_app.qt_method_panel import QtMethodPanel
 from merger_app.qt_models_panel import QtModelsPanel
 from merger_app.qt_settings import QtAppSettings
 from merger_app.qt_status import QtStatusFields
+from merger_app.qt_wheel import guard_wheel
 from merger_app.qt_worker import QtJobRunner
 
 CLOSE_WAIT_MS = 5000
@@ -68,6 +69,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
         if ICON.exists():
             self.setWindowIcon(QIcon(str(ICON)))
         self.setAcceptDrops(True)
+        self._wheel_guard = guard_wheel(self)  # the wheel scrolls forms, not their fields
         self.runner = QtJobRunner(self)
         self.result: Any = None  # the last MergeResult, in the session folder
         self.result_recipe: Recipe | None = None
@@ -319,6 +321,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.settings.set_device(device)
         self.actions.devices[self.settings.device()].setChecked(True)
         self.status.set_device(self.settings.device(), self.settings.threads())
+        self._update_actions()  # CUDA without a GPU blocks Merge, and the hint says why
 
     def choose_threads(self) -> None:
         n, ok = QInputDialog.getInt(

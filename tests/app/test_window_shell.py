@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QMimeData, QUrl
+import torch
+from PySide6.QtCore import QMimeData, Qt, QUrl
 from PySide6.QtGui import QImage, QKeySequence
 
 from merger_app.qt_files import dropped_paths
@@ -176,3 +177,52 @@ def test_delete_removes_models_only_from_the_models_table(window, tiny, qtbot):
     qtbot.keyClick(window.models.view, Qt.Key.Key_Delete)
     assert len(window.models.model.rows()) == count - 1
     assert not window.models.view.tabKeyNavigation()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_choosing_cuda_without_a_gpu_disables_merge_and_says_why(window, tiny, qtbot):
+    from app_helpers import load_for_method
+
+    load_for_method(window, tiny, "linear")
+    assert window.merge_button.isEnabled()
+    window.set_device("cuda")
+    assert not window.merge_button.isEnabled()
+    assert "CUDA is selected but torch sees no GPU" in window.hint.text()
+    window.set_device("auto")
+    assert window.merge_button.isEnabled() and window.hint.text() == "Ready to merge."
+
+
+def wheel(widget, steps: int = 1) -> None:
+    from PySide6.QtCore import QPoint, QPointF, Qt
+    from PySide6.QtGui import QWheelEvent
+    from PySide6.QtWidgets import QApplication
+
+    centre = QPointF(widget.rect().center())
+    event = QWheelEvent(
+        centre,
+        QPointF(widget.mapToGlobal(centre.toPoint())),
+        QPoint(),
+        QPoint(0, 120 * steps),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(widget, event)
+
+
+def test_the_wheel_changes_a_field_only_when_it_has_focus(window, tiny, qtbot):
+    """Scrolling the form over a field used to change it (and so turn Save off)."""
+    window.method.set_method("ties")
+    qtbot.wait(10)  # the new form's fields are polished by the event loop
+    lam, trim = window.method.form.editor("lambda"), window.method.form.editor("trim")
+    window.merge_button.setFocus()
+    before = lam.value(), trim.currentIndex()
+    wheel(lam)
+    wheel(trim, -1)
+    assert (lam.value(), trim.currentIndex()) == before
+    assert lam.focusPolicy() == trim.focusPolicy() == Qt.FocusPolicy.StrongFocus
+    lam.setFocus()
+    qtbot.waitUntil(lam.hasFocus)
+    wheel(lam)
+    assert lam.value() != before[0]  # a focused field still takes the wheel
