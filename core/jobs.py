@@ -13,8 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from core.errors import Cancelled
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,3 +95,32 @@ class Progress:
         """Raise `Cancelled` if cancel was requested."""
         if self._cancel.is_set():
             raise Cancelled("cancelled by the user")
+
+
+def run_cancellable(fn: Callable[[], T], progress: Progress | None, *, poll: float = 0.1) -> T:
+    """`fn()`, answering Cancel within `poll` seconds though `fn` itself never checks.
+
+    For single long calls into code that cannot be interrupted (scipy's assignment solver
+    on a hard 4096-wide problem takes tens of seconds). `fn` runs on a helper thread while
+    this one waits and checks; on cancel, `Cancelled` is raised at once and `fn` is
+    abandoned: it runs to its end in the background and its result is dropped, so it must
+    not change anything the caller keeps. Needs `fn` to release the GIL (scipy's solver
+    and our compiled kernels do), or the checks wait for it."""
+    if progress is None:
+        return fn()
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    helper = threading.Thread(target=target, name="merger-uninterruptible", daemon=True)
+    helper.start()
+    while helper.is_alive():
+        helper.join(poll)
+        progress.check()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]

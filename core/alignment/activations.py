@@ -20,7 +20,7 @@ from core.architectures import Architecture
 from core.data import Dataset
 from core.data.fit import check_fits, forward_errors
 from core.errors import MergerError
-from core.jobs import Progress
+from core.jobs import Progress, run_cancellable
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -111,12 +111,13 @@ def match_by_activations(
     points = hook_points(arch, model_a)
     rec_a, rec_b = _Recorder(model_a, points), _Recorder(model_b, points)
     stats = {g: ActivationStats(arch.spec.sizes[g], metric=metric) for g in points}
-    total = min(batches, -(-len(data) // batch_size))
+    n_batches = min(batches, -(-len(data) // batch_size))
+    total = n_batches + len(stats)  # one step per batch, one per group's assignment
     try:
         with torch.no_grad():
             for i, (x, _) in enumerate(data.batches(batch_size, limit=batches)):
                 if progress is not None:
-                    progress.update(i, total, f"activations: batch {i + 1} of {total}")
+                    progress.update(i, total, f"activations: batch {i + 1} of {n_batches}")
                 with forward_errors(data):
                     model_a(x)
                     model_b(x)
@@ -126,8 +127,9 @@ def match_by_activations(
         rec_a.close()
         rec_b.close()
     perms = {}
-    for group, st in stats.items():
+    for k, (group, st) in enumerate(stats.items()):
         if progress is not None:
-            progress.check()
-        perms[group] = st.solve(solver=solver)
+            progress.update(n_batches + k, total, f"matching units: group {k + 1} of {len(stats)}")
+        # a hard assignment can take tens of seconds in scipy: Cancel must not wait for it
+        perms[group] = run_cancellable(lambda st=st: st.solve(solver=solver), progress)
     return perms

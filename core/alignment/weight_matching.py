@@ -41,7 +41,7 @@ import torch
 from core.alignment.solvers import NonFiniteScore, WarmAssignment
 from core.alignment.spec import PermutationSpec, expand_blocks
 from core.errors import MergerError
-from core.jobs import Progress
+from core.jobs import Progress, run_cancellable
 
 SKIPPED_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 # A group whose incremental update would redo more than this fraction of a full recompute's
@@ -51,6 +51,10 @@ _FULL_RECOMPUTE_FRACTION = 0.75
 # B is gathered in place along an axis whose entries come in runs at least this long (a
 # 3×3 kernel's 9 values); shorter runs (a Linear's columns) go through a transposing view.
 _MIN_RUN = 4
+# Groups at least this wide solve on a helper thread that Cancel can leave behind: scipy
+# (the fallback where an auction would stall) can take seconds to minutes there, and
+# cannot be interrupted. Smaller solves take milliseconds; a thread each would cost more.
+_SLOW_SOLVE_SIZE = 1024
 
 
 @dataclass
@@ -122,7 +126,7 @@ def weight_matching(
             if progress is not None:
                 progress.check()
             try:
-                gain = problem.step(groups[idx], perms, solver)
+                gain = problem.step(groups[idx], perms, solver, progress)
             except NonFiniteScore as exc:
                 named = _name_non_finite(spec, state_a, state_b)
                 if named is None:
@@ -462,7 +466,13 @@ class _Problem:
         self.version[g] = self.version.get(g, 0) + 1
 
     # -- one coordinate-descent step -----------------------------------------------
-    def step(self, g: str, perms: dict[str, torch.Tensor], solver: str) -> float:
+    def step(
+        self,
+        g: str,
+        perms: dict[str, torch.Tensor],
+        solver: str,
+        progress: Progress | None = None,
+    ) -> float:
         """Re-solve group g's assignment; return the objective's gain (0 if none)."""
         self._update_cost(g, perms)
         if self.solved_at.get(g) == self.version[g]:
@@ -471,7 +481,11 @@ class _Problem:
         old = perms[g]
         if g not in self.solvers:
             self.solvers[g] = WarmAssignment(solver=solver, device=self.device.type)
-        new = torch.from_numpy(self.solvers[g].solve(cost))
+        solve = self.solvers[g].solve
+        if len(old) >= _SLOW_SOLVE_SIZE:  # scipy may take seconds there: keep Cancel live
+            new = torch.from_numpy(run_cancellable(lambda: solve(cost), progress))
+        else:
+            new = torch.from_numpy(solve(cost))
         self.solved_at[g] = self.version[g]
         if torch.equal(new, old):
             return 0.0

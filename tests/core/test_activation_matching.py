@@ -97,3 +97,26 @@ def test_errors_are_clear():
     spec = PermutationSpec({"h": [("w", 0)]}, {"h": 3})
     with pytest.raises(MergerError, match="group 'h'"):
         activation_matching(spec, {}, {})
+
+
+def test_progress_covers_the_assignments_and_cancel_stops_them():
+    """The bar moved through the batches, then sat at 'batch 20 of 20' while the
+    assignments (tens of seconds for a hard 4096-wide one) ran: they are steps too."""
+    from core.alignment.activations import match_by_activations
+    from core.architectures import resolve_architecture
+    from core.architectures.factories import mlp_state
+    from core.data import load_dataset
+    from core.errors import Cancelled
+    from core.jobs import Progress
+
+    a, b = mlp_state([64, 32, 32, 10], seed=1), mlp_state([64, 32, 32, 10], seed=2)
+    arch = resolve_architecture(None, a)
+    events = []
+    progress = Progress(events.append, min_interval=0)
+    match_by_activations(arch, a, b, load_dataset("digits"), batches=3, progress=progress)
+    messages = [e.message for e in events]
+    assert messages[-2:] == ["matching units: group 1 of 2", "matching units: group 2 of 2"]
+    assert events[-1].done == 4 and events[-1].total == 5  # 3 batches + 2 groups
+    stop = Progress(lambda e: e.message.startswith("matching") and stop.cancel(), min_interval=0)
+    with pytest.raises(Cancelled):
+        match_by_activations(arch, a, b, load_dataset("digits"), batches=3, progress=stop)
