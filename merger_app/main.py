@@ -86,8 +86,34 @@ def main(argv: list[str] | None = None) -> int:
     _open_paths(window, args.paths)
     if args.merge and not args.demo:
         window.merge()
+    quit_timer = _quit_on_signals(app, window, status)  # noqa: F841 - kept alive by name
     code = app.exec()
     return status["code"] or code
+
+
+def _quit_on_signals(app, window, status: dict):
+    """Ctrl+C in the launching terminal and SIGTERM (kill, logout) close the window as
+    its Close does, without the unsaved-result question no one is there to answer: the
+    running job is cancelled and the session folder removed (exit 130 / 143, as the CLI).
+
+    Python runs signal handlers only between bytecodes, and Qt's event loop is C++: a
+    timer that calls into Python every 200 ms gives the handler its chance."""
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    def handler(signum: int, _frame) -> None:
+        status["code"] = 128 + signum
+        window.ask_unsaved = lambda: "discard"
+        window.close()
+        app.exit(128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    timer = QTimer(app)
+    timer.timeout.connect(lambda: None)
+    timer.start(200)
+    return timer
 
 
 def _warm_up_solvers() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from core.recipe import Recipe
 from merger_app._format import summary_line
 from merger_app._jobs import demo_folder, demo_job, export_job, merge_job, remove_path
 from merger_app._recipe_build import build_recipe, merge_blockers
+from merger_app._session import new_session, sweep_stale_sessions
 from merger_app.qt_actions import build_actions
 from merger_app.qt_dialogs import (
     QtSaveDialog,
@@ -76,7 +76,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.saved = True
         self.last_error: QMessageBox | None = None
         self._failed_merge: tuple[Recipe | None, str] | None = None  # (settings, why)
-        self._session = Path(tempfile.mkdtemp(prefix="merger-session-"))
+        sweep_stale_sessions()  # what killed windows left behind
+        self._session = new_session()
         self._merge_count = 0
         # model files (`file.py:factory`) the user agreed to run this session
         self.trusted_code: set[str] = set()

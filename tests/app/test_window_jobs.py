@@ -9,6 +9,7 @@ import pytest
 from app_helpers import load_for_method, merge, save_tiny, wait_idle
 from PySide6.QtCore import QElapsedTimer, QTimer
 
+from merger_app._session import OWNER
 from merger_app.qt_main_window import HINT_LIMIT
 from merger_app.qt_worker import live_threads
 
@@ -49,7 +50,8 @@ def merge_with_ticks(window, qtbot) -> tuple[object, float, list[int]]:
 
 
 def session_files(window) -> list[str]:
-    return sorted(p.name for p in window._session.iterdir())
+    """What merges left in the session folder (beside the file naming its owner)."""
+    return sorted(p.name for p in window._session.iterdir() if p.name != OWNER)
 
 
 def load_big(window, big) -> None:
