@@ -30,6 +30,7 @@ from core.checkpoints import save_state_dict
 from core.checkpoints.output_paths import output_error
 from core.data import Dataset, split_digits
 from core.errors import OutputError
+from core.jobs import Progress
 
 DEMO_VERSION = "2"
 _RECIPES = {
@@ -130,13 +131,24 @@ def mlp(hidden: int, depth: int = 2, inputs: int = 64, classes: int = 10) -> nn.
     return model
 
 
-def train(model: nn.Module, data: Dataset, *, steps: int, lr: float, seed: int) -> nn.Module:
-    """Full-batch Adam with a little input noise: seconds on a CPU, ~95 % test accuracy."""
+def train(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+    check: Callable[[], None] | None = None,
+) -> nn.Module:
+    """Full-batch Adam with a little input noise: seconds on a CPU, ~95 % test accuracy.
+    `check` runs before each step (a cancellation point)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     for _ in range(steps):
+        if check is not None:
+            check()
         noise = torch.randn(data.x.shape, generator=gen) * 0.05
         opt.zero_grad()
         loss_fn(model(data.x + noise), data.y).backward()
@@ -155,9 +167,18 @@ def _subset(data: Dataset, digits: list[int], name: str) -> Dataset:
     return data.subset(torch.nonzero(keep).flatten(), name)
 
 
-def make_demo(folder: str | Path, *, log: Callable[[str], None] | None = None) -> DemoSet:
-    """Write (or reuse) the demo models, data and recipes in `folder`."""
+def make_demo(
+    folder: str | Path,
+    *,
+    log: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+) -> DemoSet:
+    """Write (or reuse) the demo models, data and recipes in `folder`.
+
+    `progress` counts the seven steps (six trainings, then data and recipes) and cancels
+    within a training step; a cancelled demo's files are rewritten by the next call."""
     say = log or (lambda _msg: None)
+    step = progress or Progress()
     folder = Path(folder).expanduser()
     _make_folder(folder)
     _make_folder(folder / "recipes")
@@ -174,21 +195,35 @@ def make_demo(folder: str | Path, *, log: Callable[[str], None] | None = None) -
         say(f"demo models already in {folder}")
         return demo
     _refuse_foreign_files(demo, marker)
+    # from here on the files are ours, even if this run is cancelled half-way
+    write_text_atomic(marker, json.dumps({"version": "incomplete"}))
     torch.manual_seed(0)
     train_set, test_set = split_digits(seed=0)
-    base = train(_seeded(lambda: mlp(64), 0), train_set, steps=150, lr=1e-2, seed=0)
+    total = 7
+    step.update(0, total, "training the base model")
+    base = train(
+        _seeded(lambda: mlp(64), 0), train_set, steps=150, lr=1e-2, seed=0, check=step.check
+    )
     _save(base, demo.base, "base: MLP 64-64-64-10 on all digits", test_set, say)
     subsets = {"0-4": [0, 1, 2, 3, 4], "5-9": [5, 6, 7, 8, 9], "even": [0, 2, 4, 6, 8]}
-    for key, digits in subsets.items():
+    for k, (key, digits) in enumerate(subsets.items(), start=1):
+        step.update(k, total, f"fine-tuning on digits {key}")
         tuned = _seeded(lambda: mlp(64), 0)
         tuned.load_state_dict(base.state_dict())
-        train(tuned, _subset(train_set, digits, key), steps=60, lr=3e-3, seed=1)
+        train(tuned, _subset(train_set, digits, key), steps=60, lr=3e-3, seed=1, check=step.check)
         _save(tuned, demo.models[key], f"fine-tuned on digits {key}", test_set, say)
     for i, path in enumerate(demo.seeds):
+        step.update(4 + i, total, f"training independent model {i + 1} of 2")
         model = train(
-            _seeded(lambda: mlp(128), 100 + i), train_set, steps=200, lr=1e-2, seed=100 + i
+            _seeded(lambda: mlp(128), 100 + i),
+            train_set,
+            steps=200,
+            lr=1e-2,
+            seed=100 + i,
+            check=step.check,
         )
         _save(model, path, f"independent MLP 64-128-128-10, seed {100 + i}", test_set, say)
+    step.update(6, total, "writing data and recipes")
     buf = _npz_bytes(test_set)
     write_bytes_atomic(demo.data, buf)
     say(f"wrote {demo.data.name}: {len(test_set)} held-out digits (arrays x, y)")

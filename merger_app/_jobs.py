@@ -84,9 +84,9 @@ def demo_job(folder: Path) -> Job:
     def job(progress: Progress):
         from core.demo import make_demo
 
-        progress.update(0, 1, "Preparing the demo models")
-        demo = make_demo(folder, log=progress.log)
-        progress.update(1, 1, "Demo models ready")
+        progress.update(0, 7, "Preparing the demo models")
+        demo = make_demo(folder, log=progress.log, progress=progress)
+        progress.update(7, 7, "Demo models ready")
         return demo
 
     return job

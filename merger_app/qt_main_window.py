@@ -378,6 +378,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
                 self._failed_merge = (self._recipe_or_none(), outcome[1])
                 self._update_actions()
             self._error(f"{name.capitalize()} failed", outcome[1], outcome[2])
+        elif name == "demo":  # its half-made models are remade next time, not kept
+            self.jobs.finish("Demo cancelled; it is prepared anew next time.", complete=False)
         else:
             self.jobs.finish(f"{name.capitalize()} cancelled; nothing was written.", complete=False)
         if name == "merge":

@@ -135,7 +135,11 @@ class QtMethodPanel(QWidget):
         self.seed.setToolTip("Random methods give the same result for the same seed")
         self.out_dtype = QComboBox(self)
         self.out_dtype.addItems([SAME_DTYPE, *DTYPES])
-        self.out_dtype.setToolTip("Dtype of the merged tensors, as written")
+        self.out_dtype.setToolTip(
+            "Dtype of the merged tensors, as written. Same as the inputs: each tensor keeps "
+            "its dtype in the base model (or the first model); with a compute dtype set, "
+            "the merge is written in that dtype (as mergekit's dtype: does)"
+        )
         self.compute_dtype = QComboBox(self)
         self.compute_dtype.addItems([AUTO_COMPUTE, *DTYPES])
         self.compute_dtype.setToolTip(
@@ -151,6 +155,7 @@ class QtMethodPanel(QWidget):
         self.reset_button.clicked.connect(self.reset)
         for w in (self.data_combo, self.arch_combo, self.out_dtype, self.compute_dtype):
             w.currentTextChanged.connect(self.changed)
+        self.compute_dtype.currentTextChanged.connect(self._name_same_dtype)
         self.seed.valueChanged.connect(self.changed)
         self.data_browse.clicked.connect(self._browse_data)
         self.arch_browse.clicked.connect(self._browse_arch)
@@ -235,8 +240,14 @@ class QtMethodPanel(QWidget):
         return self.seed.value()
 
     def out_dtype_value(self) -> str | None:
-        text = self.out_dtype.currentText()
-        return None if text == SAME_DTYPE else text
+        return None if self.out_dtype.currentIndex() == 0 else self.out_dtype.currentText()
+
+    def _name_same_dtype(self) -> None:
+        """The first output choice says what it writes: the inputs' dtype, or the compute
+        dtype when one is set (a recipe's dtype: is also its output dtype)."""
+        compute = self.compute_dtype_value()
+        label = SAME_DTYPE if compute is None else f"Same as the compute dtype ({compute})"
+        self.out_dtype.setItemText(0, label)
 
     def compute_dtype_value(self) -> str | None:
         text = self.compute_dtype.currentText()
@@ -267,8 +278,11 @@ class QtMethodPanel(QWidget):
         self.per_tensor.set_values(per)
         self._mark_overrides()
         self.seed.setValue(recipe.seed)
-        self.out_dtype.setCurrentText(recipe.out_dtype or SAME_DTYPE)
         self.compute_dtype.setCurrentText(recipe.dtype or AUTO_COMPUTE)
+        if recipe.out_dtype:
+            self.out_dtype.setCurrentText(recipe.out_dtype)
+        else:
+            self.out_dtype.setCurrentIndex(0)
         if recipe.data:
             self.data_combo.setCurrentText(recipe.data)
         self.arch_combo.setCurrentText(recipe.arch or AUTO_ARCH)

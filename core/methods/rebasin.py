@@ -72,6 +72,12 @@ def _merge(ctx, method: str) -> dict[str, torch.Tensor]:
                 f"kept BatchNorm statistics: at lambda {lam:g} the output is model "
                 f"{'B aligned' if lam else 'A'}, whose statistics are already right"
             )
+    elif ctx.params["reset_bn"] and data is None and _has_batchnorm(merged):
+        notes.append(
+            "BatchNorm statistics are interpolated, not re-estimated: no data was given "
+            "(interpolated statistics can cost much accuracy; give data, --data or Data "
+            "in the window, to re-estimate them)"
+        )
     elif ctx.params["reset_bn"]:
         merged, count = repair_batchnorm(result.arch, merged, data)
         if count:

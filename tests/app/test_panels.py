@@ -396,3 +396,18 @@ def test_tab_goes_from_the_method_through_its_fields_before_merge(window, tiny):
     assert window.merge_button in order
     lam = window.method.form.editor("lambda")
     assert any(w is lam or lam.isAncestorOf(w) for w in order)  # before Merge
+
+
+def test_the_output_dtype_says_a_compute_dtype_is_also_written(window, tiny):
+    """With a compute dtype set, 'Same as the inputs' was not what got written."""
+    from app_helpers import load_for_method
+
+    load_for_method(window, tiny, "linear")
+    m = window.method
+    assert m.out_dtype.itemText(0) == "Same as the inputs"
+    m.compute_dtype.setCurrentText("float64")
+    assert m.out_dtype.itemText(0) == "Same as the compute dtype (float64)"
+    recipe = window.current_recipe()
+    assert recipe.dtype == "float64" and recipe.out_dtype is None  # out_dtype follows dtype
+    m.compute_dtype.setCurrentIndex(0)
+    assert m.out_dtype.itemText(0) == "Same as the inputs"

@@ -278,6 +278,13 @@ def test_lambda_one_is_b_aligned_with_its_own_batchnorm_statistics(tmp_path, cap
     stats = [k for k in half if k.endswith("running_var")]
     midpoint = {k: 0.5 * (a_state[k] + want[k]) for k in stats}
     assert all(not torch.allclose(half[k], midpoint[k]) for k in stats)  # measured anew
+    no_data = ["merge", "--method", "weight_matching", a, b, "--quiet"]
+    assert main([*no_data, "-o", str(tmp_path / "blind.safetensors")]) == 0
+    assert "BatchNorm statistics are interpolated, not re-estimated: no data was given" in (
+        capsys.readouterr().out
+    )
+    blind = state(tmp_path / "blind.safetensors")
+    assert all(torch.allclose(blind[k], midpoint[k]) for k in stats)  # as the note says
 
 
 def test_align_records_its_sources_and_keeps_config_only_in_folders(demo, tmp_path, capsys):
