@@ -7,6 +7,7 @@ same way, and so the wording is tested without a display.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 _SIZE_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
@@ -92,3 +93,17 @@ def summary_line(text: str, limit: int = 120) -> str:
             cut = head[:at]
             break
     return cut.rstrip(" ,;:") + "…"
+
+
+_LONG_PATH = re.compile(r"(?<![\w.])(?:~|/)[^\s'\"()]*/([^\s/'\"()]+)")
+
+
+def shorten_paths(text: str, longest: int = 32) -> str:
+    """Absolute paths longer than `longest` characters cut to …/name: in a one-line
+    hint the reason after a long path ("does not exist") matters more than its folders."""
+
+    def cut(match: re.Match) -> str:
+        whole = match.group(0)
+        return whole if len(whole) <= longest else f"…/{match.group(1)}"
+
+    return _LONG_PATH.sub(cut, text)

@@ -84,6 +84,7 @@ class QtFileActions:
             validate_recipe(recipe)  # refuse bad values here, not later in the form
             problems = self.method.apply_recipe(recipe)
         except MergerError as exc:
+            self.jobs.append(f"Cannot open the recipe: {exc}")
             self._error("Cannot open the recipe", str(exc))
             return False
         self.settings.set_last_folder("recipes", path)
@@ -102,6 +103,16 @@ class QtFileActions:
             ]
         )
         self.jobs.append(f"Opened recipe {path}")
+        loaded = {r.path for r in self.models.model.rows()}
+        missing = [Path(p).name for p, _, _ in entries if p not in loaded]
+        if missing:  # said beside Merge until the models change: the merge is not the recipe's
+            self.partial_recipe = (
+                self.models_key(),
+                f"The recipe was opened without {len(missing)} of its models "
+                f"({', '.join(missing)}): a merge now uses only the models listed",
+            )
+            self.jobs.append(self.partial_recipe[1])
+            self._update_actions()
         if errors or problems:
             self._error("Parts of the recipe could not be loaded", "\n\n".join(errors + problems))
         return not errors and not problems

@@ -26,7 +26,7 @@ from core import __version__
 from core.devices import available_devices
 from core.errors import MergerError
 from core.recipe import Recipe
-from merger_app._format import summary_line
+from merger_app._format import shorten_paths, summary_line
 from merger_app._jobs import demo_folder, demo_job, export_job, merge_job, remove_path
 from merger_app._recipe_build import build_recipe, merge_blockers
 from merger_app._session import new_session, sweep_stale_sessions
@@ -76,6 +76,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.saved = True
         self.last_error: QMessageBox | None = None
         self._failed_merge: tuple[Recipe | None, str] | None = None  # (settings, why)
+        # (models then listed, what was missing) after a recipe opened without some models
+        self.partial_recipe: tuple[tuple, str] | None = None
         sweep_stale_sessions()  # what killed windows left behind
         self._session = new_session()
         self._merge_count = 0
@@ -141,6 +143,10 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.actions.devices[self.settings.device()].setChecked(True)
         self.status.set_device(self.settings.device(), self.settings.threads())
         self._fill_recent()
+
+    def models_key(self) -> tuple:
+        """The listed models, in order: what a hint about them stays true for."""
+        return tuple(r.path for r in self.models.model.rows())
 
     def _on_models_changed(self) -> None:
         rows = self.models.model.rows()
@@ -413,6 +419,9 @@ class QtMainWindow(QtFileActions, QMainWindow):
         if failed is not None and failed[0] is not None and failed[0] == self._recipe_or_none():
             why = failed[1].strip() or "see the log"
             return f"⚠ The last merge with these settings failed: {why}"
+        partial = self.partial_recipe
+        if partial is not None and partial[0] == self.models_key():
+            return f"⚠ {partial[1]}"
         if self.result is not None and not self.saved:
             if current:
                 return "Merged. Save the result (Ctrl+S), or change settings and merge again."
@@ -431,7 +440,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
         """A short hint beside the buttons (models by file name, cut to one summary line)
         so a long error does not push the layout around; the whole text is its tooltip
         (and, for a failed merge, in the log)."""
-        short = summary_line(self._by_file_name(text), HINT_LIMIT)
+        short = summary_line(shorten_paths(self._by_file_name(text)), HINT_LIMIT)
         self.hint.setText(short)
         self.hint.setToolTip(text if short != text else "")
 

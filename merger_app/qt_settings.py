@@ -59,7 +59,7 @@ class QtAppSettings:
         return str(self.qsettings.value(f"folders/{kind}", "") or "")
 
     def set_last_folder(self, kind: str, path: str | Path) -> None:
-        p = Path(path)
+        p = Path(path).expanduser().absolute()  # a later start may be in another folder
         self.qsettings.setValue(f"folders/{kind}", str(p if p.is_dir() else p.parent))
 
     # -- compute ------------------------------------------------------------------------------
@@ -91,6 +91,8 @@ class QtAppSettings:
         return [str(v) for v in (value or []) if v]
 
     def _push(self, key: str, paths: list[str]) -> None:
-        items = [str(p) for p in paths]
+        """Absolute paths first (a relative one would mean another file, or none, once
+        the app starts from another folder), without repeats, at most MAX_RECENT."""
+        items = [str(Path(p).expanduser().absolute()) for p in paths]
         items += [p for p in self._list(key) if p not in items]
         self.qsettings.setValue(key, items[:MAX_RECENT])

@@ -11,6 +11,7 @@ from merger_app._format import (
     human_count,
     human_duration,
     remaining_seconds,
+    shorten_paths,
     summary_line,
 )
 from merger_app._recipe_build import PerTensor, param_value, parse_gradient, split_value
@@ -120,3 +121,12 @@ def test_main_dtype_names_the_bulk_and_says_when_mixed():
     assert main_dtype([torch.float16] * 5) == "float16"
     assert main_dtype([torch.bfloat16] * 5 + [torch.int64]) == "bfloat16 (mixed)"
     assert main_dtype([]) == ""
+
+
+def test_long_paths_are_cut_so_the_reason_after_them_shows():
+    text = "the model file /some/very/long/path/to/model_definitions.py:build does not exist"
+    assert shorten_paths(text) == "the model file …/model_definitions.py:build does not exist"
+    short = "the model file /tmp/a.py does not exist"
+    assert shorten_paths(short) == short  # short paths stay whole
+    relative = "give path/to/model.py:factory"
+    assert shorten_paths(relative) == relative  # not an absolute path

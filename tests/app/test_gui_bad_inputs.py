@@ -77,3 +77,24 @@ def test_every_bad_input_gets_a_dialog_and_the_window_survives(
     # and the window still merges good models afterwards
     load_for_method(window, tiny, "task_arithmetic")
     assert merge(window, qtbot) is not None
+
+
+def test_a_recipe_opened_without_some_models_says_so_until_the_models_change(
+    window, tiny, tmp_path
+):
+    """The table showed the rest and the hint said 'Ready to merge.': a merge then was not
+    the recipe's, and nothing said so."""
+    gone = tmp_path / "gone.safetensors"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"merge_method: linear\nmodels: [{tiny.models['a']}, {tiny.models['b']}, {gone}]\n"
+    )
+    window._error = lambda *args: None  # the dialog is the other channel; tested elsewhere
+    assert not window.open_recipe(recipe)
+    assert len(window.models.model.rows()) == 2
+    hint = window.hint.text()
+    assert hint.startswith("⚠ The recipe was opened without 1 of its models (gone.safetensors)")
+    assert window.merge_button.isEnabled()  # the user may merge what is there, knowingly
+    assert "opened without 1 of its models" in window.jobs.log.toPlainText()
+    window.models.model.set_rows(window.models.model.rows()[:1])  # the user changes the models
+    assert "opened without" not in window.hint.text()

@@ -226,3 +226,16 @@ def test_the_wheel_changes_a_field_only_when_it_has_focus(window, tiny, qtbot):
     qtbot.waitUntil(lam.hasFocus)
     wheel(lam)
     assert lam.value() != before[0]  # a focused field still takes the wheel
+
+
+def test_a_recipe_opened_by_a_relative_path_is_remembered_absolute(
+    window, tiny, tmp_path, monkeypatch
+):
+    """Recent Recipes must find it again when the app starts from another folder."""
+    (tmp_path / "r.yaml").write_text(
+        f"merge_method: linear\nmodels: [{tiny.models['a']}, {tiny.models['b']}]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert window.open_recipe(Path("r.yaml"))
+    assert window.settings.recent_recipes()[0] == str(tmp_path / "r.yaml")
+    assert window.settings.last_folder("recipes") == str(tmp_path)
