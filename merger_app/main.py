@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    problem = display_problem(os.environ, sys.platform)
+    if problem and QApplication.instance() is None:
+        print(f"merger-app: {problem}", file=sys.stderr)
+        return 1
     from merger_app.qt_main_window import QtMainWindow
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
@@ -89,6 +93,34 @@ def main(argv: list[str] | None = None) -> int:
     quit_timer = _quit_on_signals(app, window, status)  # noqa: F841 - kept alive by name
     code = app.exec()
     return status["code"] or code
+
+
+def display_problem(env, platform: str, find_library=None) -> str | None:
+    """Why Qt would abort on start here (it prints a plugin error and dumps core), or None.
+
+    On Linux under X11 Qt 6.5+ needs libxcb-cursor0, which stock Ubuntu desktops often
+    lack; without any display there is nothing to open a window on."""
+    if not platform.startswith("linux"):
+        return None
+    chosen = env.get("QT_QPA_PLATFORM", "")
+    if chosen and not chosen.startswith("xcb"):
+        return None  # offscreen, wayland, vnc...: Qt's choice, not X11's libraries
+    if not chosen and env.get("WAYLAND_DISPLAY"):
+        return None
+    if not env.get("DISPLAY"):
+        return (
+            "no display to open a window on (DISPLAY is not set). Run it in a desktop "
+            "session; headless, `merger-app --demo --screenshot shot.png` renders offscreen, "
+            "and the command line (merger --help) does everything the window does"
+        )
+    if find_library is None:
+        from ctypes.util import find_library
+    if find_library("xcb-cursor") is None:
+        return (
+            "Qt needs the X11 library libxcb-cursor0, which is not installed: install it "
+            "(Debian/Ubuntu: sudo apt install libxcb-cursor0) and start merger-app again"
+        )
+    return None
 
 
 def _quit_on_signals(app, window, status: dict):

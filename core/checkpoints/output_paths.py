@@ -9,6 +9,7 @@ so a crash or cancel never leaves a half-written model where a user would find i
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import os
 import secrets
@@ -70,6 +71,9 @@ NOT_OUTPUT_SUFFIXES = (
     ".json",
     ".yaml",
     ".yml",
+    ".txt",
+    ".csv",
+    ".st",
 )
 
 
@@ -86,6 +90,14 @@ def check_output_name(out: str | Path) -> None:
             f"the output extension '{suffix}' must be written '.safetensors' (lower case)",
             file=out,
             hint="name the output *.safetensors, or give a folder name",
+        )
+    close = difflib.get_close_matches(suffix.lower(), [".safetensors"], n=1, cutoff=0.85)
+    if close and suffix.lower() != ".safetensors":
+        raise OutputError(
+            f"the output extension '{suffix}' looks like a misspelt '.safetensors'; it would "
+            "be written as a folder of that name",
+            file=out,
+            hint="name the output *.safetensors, or give a folder name without an extension",
         )
     if suffix.lower() in NOT_OUTPUT_SUFFIXES:
         raise OutputError(
@@ -130,7 +142,7 @@ def check_output_path(out: Path, protect: Sequence[str | Path], *, overwrite: bo
                 file=out,
                 hint="choose an output that does not hold any input model",
             )
-    if os.path.lexists(out):
+    if os.path.lexists(out) and not _is_empty_folder(out):
         if not overwrite:
             raise OutputError(
                 "the output already exists",
@@ -144,6 +156,14 @@ def check_output_path(out: Path, protect: Sequence[str | Path], *, overwrite: bo
             file=out,
             hint="choose another name",
         )
+
+
+def _is_empty_folder(path: Path) -> bool:
+    """An empty folder (`mkdir out && merger ... -o out`): filling it replaces nothing."""
+    try:
+        return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    except OSError:
+        return False
 
 
 def check_output_early(out: str | Path, protect: Sequence[str | Path], *, overwrite: bool) -> None:
@@ -310,7 +330,7 @@ def _is_plain_file(p: Path) -> bool:
 
 def _publish_replacing(tmp: Path, out: Path, *, overwrite: bool) -> None:
     old = None
-    if os.path.lexists(out):
+    if os.path.lexists(out) and not (_is_empty_folder(out) and tmp.is_dir()):
         if not overwrite:
             raise OutputError(
                 "the output appeared while merging", file=out, hint="choose another name"

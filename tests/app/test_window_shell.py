@@ -239,3 +239,32 @@ def test_a_recipe_opened_by_a_relative_path_is_remembered_absolute(
     assert window.open_recipe(Path("r.yaml"))
     assert window.settings.recent_recipes()[0] == str(tmp_path / "r.yaml")
     assert window.settings.last_folder("recipes") == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("env", "found", "expected"),
+    [
+        ({"DISPLAY": ":0"}, "libxcb-cursor.so.0", None),
+        ({"DISPLAY": ":0"}, None, "sudo apt install libxcb-cursor0"),
+        ({}, None, "no display to open a window on"),
+        ({"QT_QPA_PLATFORM": "offscreen"}, None, None),
+        ({"WAYLAND_DISPLAY": "wayland-0"}, None, None),
+        ({"QT_QPA_PLATFORM": "xcb", "DISPLAY": ":0"}, None, "libxcb-cursor0"),
+    ],
+)
+def test_a_machine_qt_cannot_start_on_gets_a_sentence_not_a_core_dump(env, found, expected):
+    from merger_app.main import display_problem
+
+    problem = display_problem(env, "linux", find_library=lambda name: found)
+    assert problem is None if expected is None else expected in problem
+    assert display_problem({}, "darwin", find_library=lambda name: None) is None
+
+
+def test_merger_app_without_a_display_says_so_and_exits_1(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["QT_QPA_PLATFORM"] = ""
+    proc = subprocess.run(
+        [sys.executable, "-m", "merger_app"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert "no display to open a window on" in proc.stderr and "Traceback" not in proc.stderr

@@ -59,6 +59,26 @@ def test_merge_refuses_an_output_named_like_another_model_file(demo, tmp_path, c
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("name", ["o.safetensor", "o.safetensros", "o.txt", "o.st"])
+def test_a_misspelt_or_document_extension_is_refused_not_made_a_folder(
+    demo, tmp_path, capsys, name
+):
+    out = tmp_path / name
+    assert main(linear(demo, out)) == 1
+    line = one_error_line(capsys)
+    assert str(out) in line and ".safetensors" in line
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_an_existing_empty_folder_is_filled_without_overwrite(demo, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(linear(demo, out)) == 0
+    assert (out / "model.safetensors").exists()
+    assert main(linear(demo, out)) == 1  # now it holds a model: replacing it needs asking
+    assert "already exists" in one_error_line(capsys)
+
+
 def test_merge_refuses_an_upper_case_safetensors_extension(demo, tmp_path, capsys):
     out = tmp_path / "out.SAFETENSORS"
     assert main(linear(demo, out)) == 1
