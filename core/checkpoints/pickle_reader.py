@@ -118,15 +118,24 @@ def unwrap_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str | None]:
     if isinstance(obj, Mapping):
         _flatten(obj, "", flat)
     prefixes = ("model.", *STRIP_PREFIXES) if lightning else STRIP_PREFIXES
+    stripped = []
     for prefix in prefixes:
         if flat and all(k.startswith(prefix) for k in flat):
             flat = {k[len(prefix) :]: v for k, v in flat.items()}
-    note = None
+            stripped.append(prefix)
+    notes = []
     if ignored:
         shown = ", ".join(f"'{k}'" for k in ignored[:5])
         more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
-        note = f"weights read from '{'.'.join(chosen)}'; also in the file, not read: {shown}{more}"
-    return flat, note
+        notes.append(
+            f"weights read from '{'.'.join(chosen)}'; also in the file, not read: {shown}{more}"
+        )
+    if stripped:  # merged outputs carry the shorter names: a load into the wrapper needs it
+        notes.append(
+            f"names read without the prefix '{''.join(stripped)}' that every one carries "
+            "in the file (a training wrapper's); outputs use the names without it"
+        )
+    return flat, "; ".join(notes) or None
 
 
 def _flatten(obj: Mapping, prefix: str, out: dict[str, torch.Tensor]) -> None:
@@ -169,7 +178,16 @@ def _unsupported(name: str, tensor: torch.Tensor) -> tuple[str, str] | None:
 
 def open_pickle(path: Path, *, shown_path: Path | None = None, config=None) -> Checkpoint:
     """Open one torch pickle file."""
-    state, note = unwrap_state_dict(load_pickle(path))
+    obj = load_pickle(path)
+    if isinstance(obj, torch.Tensor) or (
+        isinstance(obj, list | tuple) and obj and all(isinstance(t, torch.Tensor) for t in obj)
+    ):
+        raise CheckpointError(
+            "the file holds unnamed tensors, not a state dict (names mapped to tensors)",
+            file=path,
+            hint="save the model's weights with torch.save(model.state_dict(), path)",
+        )
+    state, note = unwrap_state_dict(obj)
     if not state:
         raise CheckpointError(
             "the file holds no tensors",

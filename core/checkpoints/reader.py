@@ -101,8 +101,12 @@ class Checkpoint:
     def num_parameters(self) -> int:
         """Values in the model, tied tensors (names sharing one tensor) counted once, as
         torch and Hugging Face count them."""
+        return sum(e.info.numel for e in self._untied())
+
+    def _untied(self) -> list[Entry]:
+        """Every tensor once: the first name of each tied group stands for the group."""
         tied = {name for group in self.tied_groups() for name in group[1:]}
-        return sum(e.info.numel for name, e in self._entries.items() if name not in tied)
+        return [e for name, e in self._entries.items() if name not in tied]
 
     def tied_groups(self) -> list[list[str]]:
         """Names that share one tensor (a language model's embedding and output head in a
@@ -117,7 +121,8 @@ class Checkpoint:
 
     @property
     def total_bytes(self) -> int:
-        return sum(e.info.nbytes for e in self._entries.values())
+        """Bytes of tensor data, tied tensors counted once (as they are stored)."""
+        return sum(e.info.nbytes for e in self._untied())
 
     def sha256(self) -> str:
         """SHA-256 over the weight files in order; cached by (path, size, mtime)."""

@@ -319,6 +319,7 @@ def test_info_counts_tied_tensors_once(tmp_path, capsys):
     assert main(["info", str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["parameters"] == 1600 + 100
+    assert data["bytes"] == (1600 + 100) * 4  # the shared tensor is stored once too
     assert data["tied"] == [["embed.weight", "head.weight"]]
     assert main(["info", str(path)]) == 0
     assert "'embed.weight', 'head.weight' share one tensor" in capsys.readouterr().out

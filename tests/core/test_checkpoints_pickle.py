@@ -98,6 +98,24 @@ def test_lightning_checkpoint_strips_the_model_prefix(tmp_path):
     }
     torch.save(obj, tmp_path / "last.ckpt")
     assert_holds(tmp_path / "last.ckpt", sd)
+    with open_checkpoint(tmp_path / "last.ckpt") as ck:  # the outputs' names differ: say so
+        assert any("without the prefix 'model.'" in n for n in ck.notes), ck.notes
+
+
+def test_a_stripped_dataparallel_prefix_is_noted(tmp_path):
+    torch.save({f"module.{k}": v for k, v in weights().items()}, tmp_path / "m.bin")
+    with open_checkpoint(tmp_path / "m.bin") as ck:
+        assert any("without the prefix 'module.'" in n for n in ck.notes), ck.notes
+    torch.save(weights(), tmp_path / "plain.pt")
+    with open_checkpoint(tmp_path / "plain.pt") as ck:
+        assert ck.notes == []
+
+
+@pytest.mark.parametrize("obj", [torch.randn(3), [torch.randn(2), torch.randn(2)]])
+def test_unnamed_tensors_are_not_called_no_tensors(tmp_path, obj):
+    torch.save(obj, tmp_path / "t.pt")
+    with pytest.raises(CheckpointError, match="unnamed tensors, not a state dict"):
+        open_checkpoint(tmp_path / "t.pt")
 
 
 def test_model_prefix_is_kept_outside_lightning(tmp_path):
