@@ -77,6 +77,12 @@ class Progress:
             self._callback(event)
         self.check()
 
+    def within(self, start: float, stop: float) -> Progress:
+        """A view reporting into [start, stop] of this progress (fractions of the whole),
+        for one stage of a job with several passes: the bar goes through the stages once
+        instead of restarting at 0 for each. Cancel and the log are shared."""
+        return _Stage(self, start, stop)
+
     def log(self, message: str) -> None:
         """Send one line to the log pane or the terminal."""
         if self._log is not None:
@@ -95,6 +101,34 @@ class Progress:
         """Raise `Cancelled` if cancel was requested."""
         if self._cancel.is_set():
             raise Cancelled("cancelled by the user")
+
+
+class _Stage(Progress):
+    """`Progress.within`'s view: updates are scaled into the parent's [start, stop]."""
+
+    def __init__(self, parent: Progress, start: float, stop: float) -> None:
+        self._parent, self._start, self._stop = parent, start, stop
+
+    @property
+    def last(self) -> ProgressEvent | None:  # type: ignore[override]
+        return self._parent.last
+
+    def update(self, done: float, total: float, message: str = "") -> None:
+        fraction = min(1.0, done / total) if total > 0 else 1.0
+        self._parent.update(self._start + (self._stop - self._start) * fraction, 1.0, message)
+
+    def log(self, message: str) -> None:
+        self._parent.log(message)
+
+    def cancel(self) -> None:
+        self._parent.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._parent.cancelled
+
+    def check(self) -> None:
+        self._parent.check()
 
 
 def run_cancellable(fn: Callable[[], T], progress: Progress | None, *, poll: float = 0.1) -> T:

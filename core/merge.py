@@ -276,7 +276,7 @@ def _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher):
         )
         plan.append(TensorInfo.of(name, info.shape, dtype))
     model_raw = [e.parameters for e in session.entries]
-    extra = prepare_method(
+    extra, merge_progress = prepare_method(
         spec,
         recipe,
         session.checkpoints[session.base_index] if session.base_index is not None else None,
@@ -307,7 +307,7 @@ def _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher):
         return spec.fn(list(tensors[:n_inputs]), base, params, model_params, ctx)
 
     with _writer(recipe, session, plan, target) as writer:
-        run_streaming(session.checkpoints, outputs, compute, writer, progress)
+        run_streaming(session.checkpoints, outputs, compute, writer, merge_progress)
         return _commit(writer, recipe, session, hashes, hasher, progress)
 
 

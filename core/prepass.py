@@ -29,19 +29,25 @@ def prepare_method(
     inputs: Sequence[Checkpoint],
     entries: Sequence[ModelEntry],
     progress: Progress,
-) -> list[dict[str, Any]] | None:
-    """Run `spec.prepare`, if any: extra per-model parameters, one dict per input."""
+) -> tuple[list[dict[str, Any]] | None, Progress]:
+    """Run `spec.prepare`, if any: extra per-model parameters, one dict per input; and
+    the progress the merge itself reports into (the part of the bar the passes left)."""
     if spec.prepare is None:
-        return None
+        return None, progress
     raw = [recipe.parameters, *(e.parameters for e in entries)]
     reference = base if base is not None else inputs[0]
     names = [i.name for i in reference.infos() if i.dtype.is_floating_point]
+    stages = 2  # set below: the prepare's passes and the merge, each a share of the bar
+    started = [0]
 
     def task_vectors(label: str) -> Iterator[list[torch.Tensor]]:
         if base is None:
             raise RecipeError(f"method '{spec.name}' needs a base model for this setting")
+        k0 = min(started[0], stages - 2)
+        started[0] += 1
+        stage = progress.within(k0 / stages, (k0 + 1) / stages)
         for k, name in enumerate(names):
-            progress.update(k, len(names), f"{label}: {name}")
+            stage.update(k, len(names), f"{label}: {name}")
             theta0 = base.get(name, dtype=torch.float32, check=progress.check)
             yield [
                 m.get(name, dtype=torch.float32, check=progress.check).sub_(theta0) for m in inputs
@@ -57,4 +63,7 @@ def prepare_method(
         task_vectors=task_vectors,
         check=progress.check,
     )
-    return spec.prepare(ctx)
+    passes = spec.prepare_passes(ctx) if spec.prepare_passes is not None else 1
+    stages = passes + 1
+    extra = spec.prepare(ctx)
+    return extra, progress.within(passes / stages, 1.0) if passes else progress

@@ -165,6 +165,10 @@ class MethodSpec:
     # and returns one dict of extra per-model parameters per input model, or None when
     # these parameters need no such pass.
     prepare: Callable[[Any], list[dict[str, Any]] | None] | None = None
+    # How many passes over the model `prepare` makes for these settings (it gets the same
+    # `PrepareContext`): one progress bar then spans them and the merge, instead of
+    # restarting at 0 for each. None: one pass whenever `prepare` runs.
+    prepare_passes: Callable[[Any], int] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:

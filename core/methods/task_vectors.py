@@ -340,6 +340,13 @@ def _model_trim(ctx: PrepareContext) -> list[dict] | None:
     return [{"trim_threshold": t} for t in thresholds]
 
 
+def _model_trim_passes(ctx: PrepareContext) -> int:
+    """`trim: model` reads every task vector twice (count, then refine); else no pass."""
+    if ctx.params.get("trim") != "model" or ctx.varies("density"):
+        return 0
+    return 0 if all(float(mp["density"]) >= 1.0 for mp in ctx.model_params) else 2
+
+
 _TRIM = Param(
     "trim",
     "choice",
@@ -397,6 +404,7 @@ SPECS = (
         needs=_TA_NEEDS,
         reference_url="https://arxiv.org/abs/2306.01708",
         prepare=_model_trim,
+        prepare_passes=_model_trim_passes,
     ),
     MethodSpec(
         name="dare_linear",

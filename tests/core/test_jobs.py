@@ -34,3 +34,21 @@ def test_results_and_errors_come_back_as_from_a_plain_call():
     with pytest.raises(ZeroDivisionError):
         run_cancellable(lambda: 1 / 0, progress)
     assert run_cancellable(lambda: "direct", None) == "direct"  # no progress: no thread
+
+
+def test_a_stage_reports_into_its_share_and_shares_cancel():
+    events = []
+    whole = Progress(events.append, min_interval=0)
+    second = whole.within(0.5, 0.75)
+    second.update(0, 4, "start")
+    second.update(2, 4, "half")
+    second.update(4, 4, "end")
+    assert [(e.done, e.total, e.message) for e in events] == [
+        (0.5, 1.0, "start"),
+        (0.625, 1.0, "half"),
+        (0.75, 1.0, "end"),
+    ]
+    second.cancel()
+    assert whole.cancelled
+    with pytest.raises(Cancelled):
+        whole.check()

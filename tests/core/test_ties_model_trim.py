@@ -102,3 +102,20 @@ def test_thresholds_keep_the_largest_magnitudes_over_all_tensors(density):
         else:
             assert thresholds[i] == float(everything[r - 1])
             assert int((everything >= thresholds[i]).sum()) == r  # no ties in random data
+
+
+def test_one_progress_bar_spans_both_passes_and_the_merge(models, tmp_path):
+    """The bar ran 0→88 %, fell to 0, ran again, fell again: now it never goes back."""
+    from core.jobs import Progress
+
+    events = []
+    run_merge(
+        ties(models, "model"),
+        tmp_path / "m.safetensors",
+        progress=Progress(events.append, min_interval=0),
+    )
+    fractions = [e.done / e.total for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    first_pass = [f for e, f in zip(events, fractions, strict=True) if "pass 1 of 2" in e.message]
+    second_pass = [f for e, f in zip(events, fractions, strict=True) if "pass 2 of 2" in e.message]
+    assert first_pass and max(first_pass) < 1 / 3 <= min(second_pass) and max(second_pass) < 2 / 3
