@@ -122,9 +122,13 @@ def weight_matching(
     settled_most = 0  # the bar never goes back, though a settled group may move again
     for sweep in range(max_iter):
         settled = 0
-        for idx in torch.randperm(len(groups), generator=gen).tolist():
-            if progress is not None:
-                progress.check()
+        for step, idx in enumerate(torch.randperm(len(groups), generator=gen).tolist()):
+            if progress is not None:  # a wide group's step takes seconds: say where it is
+                progress.update(
+                    settled_most,
+                    len(groups),
+                    f"sweep {sweep + 1}: group {step + 1} of {len(groups)}",
+                )
             try:
                 gain = problem.step(groups[idx], perms, solver, progress)
             except NonFiniteScore as exc:

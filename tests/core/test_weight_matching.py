@@ -198,7 +198,13 @@ def test_progress_reports_each_sweep_and_cancel_stops_promptly():
     spec.infer_sizes(a)
     events = []
     weight_matching(spec, a, b, progress=Progress(events.append, min_interval=0.0))
-    assert events and events[0].message.startswith("sweep 1: objective ")
+    messages = [e.message for e in events]
+    assert messages[:3] == [
+        "sweep 1: group 1 of 3",
+        "sweep 1: group 2 of 3",
+        "sweep 1: group 3 of 3",
+    ]
+    assert messages[3].startswith("sweep 1: objective ")
     # the bar follows convergence: groups that no longer move, never going back, full at
     # the end (the sweep count out of max_iter would stop at a few percent)
     assert all(e.total == 3 for e in events)
