@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 from core import __version__
 from core.devices import available_devices
 from core.errors import MergerError
+from core.methods import REGISTRY
 from core.recipe import Recipe
 from merger_app._format import shorten_paths, summary_line
 from merger_app._jobs import demo_folder, demo_job, export_job, merge_job, remove_path
@@ -246,7 +247,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
             for note in result.notes:
                 self.jobs.append(note)
             self.jobs.append(
-                f"Merged with {recipe.merge_method} in {result.seconds:.1f} s. "
+                f"Merged with {REGISTRY.get(recipe.merge_method).label} "
+                f"in {result.seconds:.1f} s. "
                 "Save it with File ▸ Save Merged Model (Ctrl+S)."
             )
             self.merge_finished.emit(result)
@@ -387,7 +389,14 @@ class QtMainWindow(QtFileActions, QMainWindow):
         elif name == "demo":  # its half-made models are remade next time, not kept
             self.jobs.finish("Demo cancelled; it is prepared anew next time.", complete=False)
         else:
-            self.jobs.finish(f"{name.capitalize()} cancelled; nothing was written.", complete=False)
+            kept = (  # the hint still offers the earlier result: say which one it means
+                " The earlier result is still there to save."
+                if name == "merge" and self.result is not None and self._result_is_current()
+                else ""
+            )
+            self.jobs.finish(
+                f"{name.capitalize()} cancelled; nothing was written.{kept}", complete=False
+            )
         if name == "merge":
             self.merge_finished.emit(None)
         elif name == "save":

@@ -356,5 +356,11 @@ class QtMethodPanel(QWidget):
     def _browse_arch(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Model definition", "", "Python files (*.py)")
         if path:
-            self.arch_combo.setCurrentText(f"{path}:model")
-            self.arch_combo.lineEdit().setFocus()
+            from core.architectures.custom import guess_factory
+
+            # the function that builds the model: guessed from the file, selected to retype
+            name = guess_factory(path) or "factory"
+            self.arch_combo.setCurrentText(f"{path}:{name}")
+            edit = self.arch_combo.lineEdit()
+            edit.setFocus()
+            edit.setSelection(len(path) + 1, len(name))

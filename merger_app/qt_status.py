@@ -15,12 +15,12 @@ def describe_device(choice: str, threads: int) -> str:
     try:
         device = resolve_device(choice)
     except Exception:  # noqa: BLE001 - e.g. CUDA chosen without a GPU: say so, do not crash
-        device = "unavailable"
+        return f"Device: {choice.upper()}, not available"
     text = f"Device: {device.upper() if device in ('cpu', 'cuda') else device}"
     if choice == "auto":
         text += " (auto)"
     if threads:
-        text += f" · {threads} threads"
+        text += f" · {threads} thread{'s' if threads != 1 else ''}"
     return text
 
 

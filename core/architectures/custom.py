@@ -178,3 +178,25 @@ def _example_input(module: ModuleType, model: nn.Module, path: Path) -> tuple[to
         file=path,
         hint="define example_input = torch.randn(2, ...) in the file",
     )
+
+
+def guess_factory(path: str | Path) -> str | None:
+    """The function in a model file most likely to build the model, read without running
+    the file (its syntax tree): the only top-level function, or the first whose name says
+    so (make_/build_/create_/get_ or 'model'); None when there is no function or the
+    file cannot be read. For pickers that fill in `file.py:function`."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return None
+    names = [
+        n.name
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and not n.name.startswith("_")
+    ]
+    if len(names) <= 1:
+        return names[0] if names else None
+    hinted = [n for n in names if n.startswith(("make", "build", "create", "get_")) or "model" in n]
+    return (hinted or names)[0]

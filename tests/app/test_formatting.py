@@ -130,3 +130,10 @@ def test_long_paths_are_cut_so_the_reason_after_them_shows():
     assert shorten_paths(short) == short  # short paths stay whole
     relative = "give path/to/model.py:factory"
     assert shorten_paths(relative) == relative  # not an absolute path
+
+
+def test_the_device_field_counts_threads_in_words():
+    from merger_app.qt_status import describe_device
+
+    assert describe_device("cpu", 1) == "Device: CPU · 1 thread"
+    assert describe_device("cpu", 4) == "Device: CPU · 4 threads"

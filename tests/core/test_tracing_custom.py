@@ -239,3 +239,21 @@ def test_a_model_file_imports_its_neighbours_and_evaluation_needs_no_trace(tmp_p
     x = torch.randn(3, 4)
     assert torch.allclose(arch.build(state)(x), original(x))
     assert str(tmp_path) not in __import__("sys").path  # the folder is not left behind
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("import torch\ndef net():\n    return torch.nn.Linear(2, 2)\n", "net"),
+        ("def helper(x):\n    return x\ndef make_net():\n    pass\n", "make_net"),
+        ("def a():\n    pass\ndef b():\n    pass\n", "a"),
+        ("def _private():\n    pass\nclass Net:\n    pass\n", None),
+        ("def broken(:\n", None),
+    ],
+)
+def test_the_factory_is_guessed_from_the_file_without_running_it(tmp_path, source, expected):
+    from core.architectures.custom import guess_factory
+
+    path = tmp_path / "model.py"
+    path.write_text(source + "raise SystemExit('ran!')\n" if "broken" not in source else source)
+    assert guess_factory(path) == expected
