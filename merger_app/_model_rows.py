@@ -33,6 +33,8 @@ class ModelRow:
     total_bytes: int | None = None
     problem: str | None = None  # why it cannot be merged with the others, if so
     notes: tuple[str, ...] = ()  # how it was read (which of several weight sets)
+    # its weight files, resolved: a folder and the file inside it are one model
+    files: tuple[str, ...] = ()
 
     def with_(self, **changes: Any) -> ModelRow:
         return replace(self, **changes)
@@ -91,6 +93,7 @@ def summarize(path: str | Path) -> ModelRow:
             dtype=main_dtype(weighted),
             total_bytes=ckpt.total_bytes,
             notes=tuple(ckpt.notes),
+            files=tuple(os.path.realpath(f) for f in ckpt.files),
         )
     finally:
         ckpt.close()

@@ -125,9 +125,14 @@ class QtFileActions:
             self.export_recipe(path)
 
     def export_recipe(self, path: str | Path) -> bool:
+        path = Path(path)
+        if path.suffix.lower() not in (".yaml", ".yml"):  # Open Recipe lists *.yaml only
+            path = path.with_name(path.name + ".yaml")
         try:
+            recipe = self.current_recipe()
+            validate_recipe(recipe)  # one `merger run` would refuse is no recipe to keep
             # absolute paths (models, data, architecture file): it runs from any folder
-            absolute_recipe(self.current_recipe()).save(path)
+            absolute_recipe(recipe).save(path)
         except MergerError as exc:
             self._error("Cannot export the recipe", str(exc))
             return False

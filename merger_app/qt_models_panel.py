@@ -174,17 +174,23 @@ class QtModelsPanel(QWidget):
     def add_paths(self, paths: list[str | Path]) -> list[str]:
         """Add checkpoints by path; returns an error message per path that is no model."""
         known = {r.path for r in self.model.rows()}
+        weights = {r.files for r in self.model.rows() if r.files}
         rows: list[ModelRow] = []
         errors = []
         for path in paths:
             text = normalize_path(path)
             if text in known:
                 continue
+            known.add(text)
             try:
-                rows.append(summarize(text))
+                row = summarize(text)
             except MergerError as exc:
                 errors.append(str(exc))
-            known.add(text)
+                continue
+            if row.files in weights:  # `hf_model/` and `hf_model/model.safetensors`
+                continue
+            weights.add(row.files)
+            rows.append(row)
         self.model.add_rows(rows)
         return errors
 

@@ -38,6 +38,18 @@ def test_adding_the_same_file_twice_keeps_one_row(window, tiny):
     assert len(window.models.model.rows()) == 1
 
 
+def test_a_folder_and_the_weights_file_inside_it_are_one_model(window, tiny, tmp_path):
+    import shutil
+
+    folder = tmp_path / "hf_model"
+    folder.mkdir()
+    shutil.copy(tiny.base, folder / "model.safetensors")
+    (folder / "config.json").write_text("{}")
+    window.add_models([folder])
+    window.add_models([folder / "model.safetensors"])
+    assert [r.name for r in window.models.model.rows()] == ["hf_model"]
+
+
 def test_a_file_that_is_no_model_is_refused_with_its_name(window, tmp_path):
     bad = tmp_path / "notes.safetensors"
     bad.write_bytes(b"not a model")
@@ -411,3 +423,15 @@ def test_the_output_dtype_says_a_compute_dtype_is_also_written(window, tiny):
     assert recipe.dtype == "float64" and recipe.out_dtype is None  # out_dtype follows dtype
     m.compute_dtype.setCurrentIndex(0)
     assert m.out_dtype.itemText(0) == "Same as the inputs"
+
+
+def test_export_recipe_refuses_what_merger_run_would_and_adds_yaml(window, tiny, tmp_path):
+    errors = []
+    window._error = lambda title, text, *rest: errors.append(text)
+    assert not window.export_recipe(tmp_path / "empty.yaml")  # no models yet
+    assert "needs at least 1 input model" in errors[-1] and not (tmp_path / "empty.yaml").exists()
+    from app_helpers import load_for_method
+
+    load_for_method(window, tiny, "linear")
+    assert window.export_recipe(tmp_path / "named")
+    assert (tmp_path / "named.yaml").exists() and not (tmp_path / "named").exists()
