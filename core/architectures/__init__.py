@@ -123,8 +123,8 @@ def _resolve(arch: str | None, state: State, *, allow_code: bool, need_spec: boo
     if arch is None:
         notes.append(
             f"architecture {label} detected from the tensor names and shapes: "
-            f"{family.description}; a model with skip connections or other operations "
-            f"needs its code, path/to/model.py:factory {WHERE}"
+            f"{family.description}. A model with skip connections or other operations "
+            f"needs its code: path/to/model.py:factory {WHERE}"
         )
     return Architecture(
         label, spec, build, family.input_shape(shapes), notes, detected=arch is None
