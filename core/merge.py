@@ -149,6 +149,28 @@ def _widest_compute_dtype(recipe: Recipe, session: _Session) -> torch.dtype:
     )
 
 
+def _dtype_notes(recipe: Recipe, session: _Session) -> list[str]:
+    """A note when the models' float dtypes differ and the recipe names none for the
+    output: each tensor is then written in the reference's dtype (base, or first model),
+    which depends on the models' order."""
+    if recipe.out_dtype or recipe.dtype:
+        return []
+    kinds = {
+        path: sorted(
+            {str(i.dtype).removeprefix("torch.") for i in c.infos() if i.dtype.is_floating_point}
+        )
+        for path, c in zip(session.paths, session.checkpoints, strict=True)
+    }
+    if len({tuple(k) for k in kinds.values()}) <= 1:
+        return []
+    ref = session.paths[session.checkpoints.index(session.reference)]
+    listed = "; ".join(f"{Path(p).name}: {', '.join(k)}" for p, k in kinds.items())
+    return [
+        f"the models' dtypes differ ({listed}): the output takes {Path(ref).name}'s, the "
+        "reference; set out_dtype (--out-dtype, or Output dtype in the window) to choose"
+    ]
+
+
 def _reading_notes(session: _Session) -> list[str]:
     """What the readers chose (which of a .pt's weight sets was read), per input."""
     pairs = zip(session.paths, session.checkpoints, strict=True)
@@ -192,6 +214,7 @@ def run_merge(
         report.notes.extend(unused_filters(recipe, session.reference.keys()))
         report.notes.extend(sign_notes(recipe, spec))
         report.notes.extend(unused_settings(recipe, spec))
+        report.notes.extend(_dtype_notes(recipe, session))
         if spec.kind == "tensorwise":  # float64 tensors are computed in float64
             compute_dtype = _widest_compute_dtype(recipe, session)
         else:

@@ -156,7 +156,8 @@ class Recipe:
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise RecipeError(f"not valid YAML: {exc}".replace("\n", " "), file=source) from None
+            where = str(exc).replace('"<unicode string>"', source).replace("\n", " ")
+            raise RecipeError(f"not valid YAML: {where}", file=source) from None
         return cls.from_dict(raw, source=source, root=root)
 
     @classmethod

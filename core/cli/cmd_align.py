@@ -44,7 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data", help="digits, or an .npz with array x (y, the labels, is optional here)"
     )
-    p.add_argument("--metric", choices=("correlation", "euclidean"), default="correlation")
+    p.add_argument(
+        "--metric",
+        choices=("correlation", "euclidean"),
+        default="correlation",
+        help="with --by activations: how units are compared, Pearson correlation (Git "
+        "Re-Basin) or negative Euclidean distance (PLeaS)",
+    )
     p.add_argument("--max-iter", type=_positive, default=100, help="most weight-matching sweeps")
     p.add_argument("--seed", type=int, default=0, help="seed of the sweep order")
     p.add_argument(

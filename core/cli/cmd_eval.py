@@ -16,7 +16,9 @@ from core.evaluate import evaluate
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="loss and accuracy of models on data (classifiers)")
-    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument(
+        "models", nargs="+", metavar="MODEL", help="checkpoints to evaluate (files or folders)"
+    )
     p.add_argument(
         "--data",
         required=True,

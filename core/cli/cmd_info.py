@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("info", help="show what a checkpoint file or folder holds")
-    p.add_argument("path")
+    p.add_argument("path", help="a checkpoint file or folder (safetensors, .pt/.bin, HF folder)")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.add_argument("--all", action="store_true", help=f"list every tensor, not the first {_SHOWN}")
     p.set_defaults(func=cmd_info)
@@ -41,6 +41,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         ]
         print(f"{spec.name:<20} {spec.label}" + (f"  (needs {', '.join(needs)})" if needs else ""))
         print(f"{'':<20} {spec.description}")
+        if spec.aliases:
+            print(f"{'':<20} also called: {', '.join(spec.aliases)}")
         for p in spec.params:
             rng = ""
             if p.min is not None or p.max is not None:

@@ -476,3 +476,31 @@ def test_align_by_activations_without_data_is_a_malformed_command_line(demo, tmp
         main(["align", *map(str, demo.seeds), "-o", str(out), "--by", "activations"])
     assert exit_info.value.code == 2
     assert "--by activations needs --data" in capsys.readouterr().err
+
+
+def test_mixed_input_dtypes_are_noted_with_the_one_written(tmp_path, capsys):
+    save_file({"w": torch.randn(3, 3).bfloat16()}, tmp_path / "half.safetensors")
+    save_file({"w": torch.randn(3, 3)}, tmp_path / "full.safetensors")
+    out = tmp_path / "m.safetensors"
+    args = ["merge", "--method", "linear", str(tmp_path / "half.safetensors")]
+    assert main([*args, str(tmp_path / "full.safetensors"), "-o", str(out), "--quiet"]) == 0
+    note = capsys.readouterr().out
+    assert "dtypes differ (half.safetensors: bfloat16; full.safetensors: float32)" in note
+    assert "takes half.safetensors's" in note and tensors(out)["w"].dtype == torch.bfloat16
+    out2 = tmp_path / "m2.safetensors"
+    extra = ["--out-dtype", "float32", "-o", str(out2), "--quiet"]
+    assert main([*args, str(tmp_path / "full.safetensors"), *extra]) == 0
+    assert "dtypes differ" not in capsys.readouterr().out  # chosen: nothing to say
+
+
+def test_a_yaml_error_names_the_recipe_file(tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("merge_method: linear\nmodels: [a, b\n")
+    assert main(["run", str(recipe), "-o", str(tmp_path / "x.safetensors")]) == 1
+    line = one_error_line(capsys)
+    assert f"in {recipe}, line" in line and "<unicode string>" not in line
+
+
+def test_methods_lists_aliases(capsys):
+    assert main(["methods"]) == 0
+    assert "also called: average, weighted_average" in capsys.readouterr().out
