@@ -149,6 +149,20 @@ def _widest_compute_dtype(recipe: Recipe, session: _Session) -> torch.dtype:
     )
 
 
+def _check_slice_layers(recipe: Recipe, session: _Session) -> None:
+    """A `slices` recipe is a whole-model merge only if its range covers every layer."""
+    if recipe.slice_layers is None:
+        return
+    blocks = LayerIndex(session.reference.keys()).blocks
+    if blocks != recipe.slice_layers:
+        raise RecipeError(
+            f"the recipe's slices take layer_range [0, {recipe.slice_layers}], but the "
+            f"models have {blocks} numbered layers: only slices of whole models are "
+            "supported (frankenmerges are not)",
+            hint=f"set layer_range: [0, {blocks}], or list the models under 'models'",
+        )
+
+
 def _dtype_notes(recipe: Recipe, session: _Session) -> list[str]:
     """A note when the models' float dtypes differ and the recipe names none for the
     output: each tensor is then written in the reference's dtype (base, or first model),
@@ -211,6 +225,7 @@ def run_merge(
             raise IncompatibleModelsError(
                 reason, file=path, hint="`merger info` lists each model's tensors"
             )
+        _check_slice_layers(recipe, session)
         report.notes.extend(unused_filters(recipe, session.reference.keys()))
         report.notes.extend(sign_notes(recipe, spec))
         report.notes.extend(unused_settings(recipe, spec))

@@ -35,7 +35,6 @@ _DTYPE_ALIASES = {
 }
 # mergekit keys that we understand but do not implement, and what to tell the user.
 _UNSUPPORTED = {
-    "slices": "layer slices (frankenmerges) are not supported; list whole models under 'models'",
     "modules": "per-module definitions are not supported; list whole models under 'models'",
     "tokenizer": "tokenizer merging is not supported; copy the tokenizer files yourself",
     "tokenizer_source": "tokenizer merging is not supported; copy the tokenizer files yourself",
@@ -44,6 +43,7 @@ _UNSUPPORTED = {
 _KNOWN = {
     "merge_method",
     "models",
+    "slices",
     "base_model",
     "parameters",
     "dtype",
@@ -92,6 +92,9 @@ class Recipe:
     seed: int = 0
     data: str | None = None
     arch: str | None = None
+    # Layers covered by a mergekit `slices` recipe of whole models (layer_range [0, n]),
+    # checked against the models when they are opened; None for a `models` recipe.
+    slice_layers: int | None = None
 
     # -- construction ---------------------------------------------------------
     @classmethod
@@ -111,7 +114,13 @@ class Recipe:
             )
         if "merge_method" not in raw:
             raise RecipeError("'merge_method' is missing", file=source)
-        models_raw = raw.get("models") or []
+        slice_layers = None
+        if "slices" in raw:
+            if raw.get("models"):
+                raise RecipeError("give 'models' or 'slices', not both", file=source)
+            models_raw, slice_layers = _whole_model_slices(raw["slices"], source)
+        else:
+            models_raw = raw.get("models") or []
         if not isinstance(models_raw, list):
             raise RecipeError("'models' must be a list", file=source)
         models = []
@@ -149,6 +158,7 @@ class Recipe:
             seed=seed,
             data=_resolve_data(raw.get("data"), root),
             arch=_resolve_arch(raw.get("arch"), root),
+            slice_layers=slice_layers,
         )
 
     @classmethod
@@ -214,6 +224,52 @@ class Recipe:
             if m.model not in paths:
                 paths.append(m.model)
         return paths
+
+
+_FRANKEN = (
+    "layer slices that stack layers from different models or ranges (frankenmerges) are "
+    "not supported"
+)
+
+
+def _whole_model_slices(slices: Any, source: str) -> tuple[list[dict[str, Any]], int]:
+    """mergekit's `slices` form for whole models, as its own SLERP example writes it: one
+    slice whose sources all take layer_range [0, n]. Returns `models` entries and n (the
+    layer count, checked against the models when opened). Anything else is a frankenmerge."""
+    if not isinstance(slices, list) or len(slices) != 1 or not isinstance(slices[0], Mapping):
+        raise RecipeError(
+            f"'slices': {_FRANKEN}; one slice of whole models is",
+            file=source,
+            hint="list whole models under 'models'",
+        )
+    sources = slices[0].get("sources")
+    if not isinstance(sources, list) or not sources:
+        raise RecipeError("'slices': the slice needs a list of 'sources'", file=source)
+    models, ranges = [], set()
+    for i, src in enumerate(sources):
+        if not isinstance(src, Mapping) or "model" not in src:
+            raise RecipeError(f"slices[0].sources[{i}] needs a 'model' path", file=source)
+        unknown = sorted(map(str, set(src) - {"model", "layer_range", "parameters"}))
+        if unknown:
+            raise RecipeError(
+                f"slices[0].sources[{i}]: unknown key(s) {', '.join(unknown)}", file=source
+            )
+        rng = src.get("layer_range")
+        if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, int) for v in rng)):
+            raise RecipeError(
+                f"slices[0].sources[{i}]: layer_range must be [first, end], not {rng!r}",
+                file=source,
+            )
+        ranges.add(tuple(rng))
+        models.append({k: v for k, v in src.items() if k != "layer_range"})
+    (first, end), *others = sorted(ranges)
+    if others or first != 0 or end <= 0:
+        raise RecipeError(
+            f"'slices': {_FRANKEN}; every source must take layer_range [0, n], the whole model",
+            file=source,
+            hint="list whole models under 'models'",
+        )
+    return models, end
 
 
 def _resolve(path: Any, root: Path | None) -> str:

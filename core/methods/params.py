@@ -59,6 +59,11 @@ class LayerIndex:
         self._pos = {n: i for i, n in enumerate(names)}
         self._first_block_pos = next((i for i, n in enumerate(names) if n in self._key_of), None)
 
+    @property
+    def blocks(self) -> int:
+        """How many numbered blocks (layers) the names hold."""
+        return self._count
+
     def t(self, name: str) -> float:
         """Layer position of `name`: 0 for the first block, 1 for the last."""
         if name in self._key_of:

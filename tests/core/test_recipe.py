@@ -194,3 +194,43 @@ def test_a_method_without_a_base_takes_a_listed_base_as_an_input():
     recipe = Recipe.from_yaml("merge_method: weight_matching\nbase_model: a\nmodels: [a, b]")
     validate_recipe(recipe)  # two inputs, not one
     assert notes_for("merge_method: weight_matching\nbase_model: a\nmodels: [a, b]") == []
+
+
+def test_mergekits_slerp_example_with_whole_model_slices_runs_as_models(tmp_path):
+    """mergekit's own SLERP example lists the models as one slice of layer_range [0, n]:
+    the same merge as a `models` recipe. A range short of the models' layers, or several
+    slices, would be a frankenmerge, refused with the reason."""
+    import torch
+    from safetensors.torch import save_file
+
+    from core.checkpoints import open_checkpoint
+    from core.merge import run_merge
+
+    gen = torch.Generator().manual_seed(0)
+    for name in ("a", "b"):
+        state = {f"model.layers.{i}.mlp.weight": torch.randn(4, 4, generator=gen) for i in range(3)}
+        state["model.embed_tokens.weight"] = torch.randn(8, 4, generator=gen)
+        save_file(state, tmp_path / f"{name}.safetensors")
+    sliced = (
+        "slices:\n  - sources:\n"
+        f"      - model: {tmp_path / 'a.safetensors'}\n        layer_range: [0, 3]\n"
+        f"      - model: {tmp_path / 'b.safetensors'}\n        layer_range: [0, 3]\n"
+        f"merge_method: slerp\nbase_model: {tmp_path / 'a.safetensors'}\n"
+        "parameters:\n  t:\n    - filter: mlp\n      value: [0, 0.5, 1]\n    - value: 0.5\n"
+        "dtype: float32\n"
+    )
+    listed = Recipe.from_yaml(sliced).with_(slice_layers=None)
+    assert [m.model for m in listed.models] == [str(tmp_path / f"{n}.safetensors") for n in "ab"]
+    run_merge(Recipe.from_yaml(sliced), tmp_path / "sliced.safetensors")
+    run_merge(listed, tmp_path / "listed.safetensors")
+    with (
+        open_checkpoint(tmp_path / "sliced.safetensors") as x,
+        open_checkpoint(tmp_path / "listed.safetensors") as y,
+    ):
+        assert all(torch.equal(x.get(k), y.get(k)) for k in x.keys())
+    short = sliced.replace("[0, 3]", "[0, 2]")
+    with pytest.raises(RecipeError, match=r"layer_range \[0, 2\], but the models have 3"):
+        run_merge(Recipe.from_yaml(short), tmp_path / "short.safetensors")
+    offset = sliced.replace("[0, 3]\n      - model", "[1, 3]\n      - model")
+    with pytest.raises(RecipeError, match="frankenmerges"):
+        Recipe.from_yaml(offset)
