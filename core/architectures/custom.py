@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -78,8 +79,8 @@ def _traced_spec(
         spec = trace_spec(model, example).infer_sizes(state)
         spec.self_test(model, state, example)
     except MergerError as exc:
-        if not guessed:
-            raise
+        if not guessed or not _about_shapes(exc.message):
+            raise  # an unsupported operation: the input's shape has nothing to do with it
         raise MergerError(
             exc.message,
             file=exc.file or path,
@@ -89,6 +90,11 @@ def _traced_spec(
             f"in {path.name}",
         ) from exc
     return spec
+
+
+def _about_shapes(message: str) -> bool:
+    """Whether a tracing error involves the example input or a shape ([2, 1, 32, 32])."""
+    return "example input" in message or re.search(r"\[\d+(, \d+)*\]", message) is not None
 
 
 @contextlib.contextmanager

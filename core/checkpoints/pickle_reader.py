@@ -60,11 +60,31 @@ def load_pickle(path: Path) -> Any:
     except OSError as exc:
         raise open_file_error(path, exc) from None
     except Exception as exc:  # torch.load raises many types on damaged or foreign files
+        if _is_text(path):  # torch's legacy reader says only "KeyError: 101" for text
+            raise CheckpointError(
+                "not a readable torch checkpoint: the file holds text",
+                file=path,
+                hint="give the model's weights file (.pt, .bin, .safetensors)",
+            ) from None
         raise CheckpointError(
             f"not a readable torch checkpoint ({_first_sentence(exc)})",
             file=path,
             hint="the file is truncated or corrupt; re-download or re-export it",
         ) from None
+
+
+def _is_text(path: Path) -> bool:
+    """Whether the file starts like text (a note or a config saved under a model's name)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and all(c.isprintable() or c in "\n\r\t" for c in text)
 
 
 def _not_a_pickle(message: str) -> bool:

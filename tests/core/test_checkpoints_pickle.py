@@ -240,3 +240,9 @@ def test_text_or_junk_with_a_pickle_extension_is_not_called_code(tmp_path, conte
         open_checkpoint(tmp_path / "notes.pt")
     assert "not a readable torch checkpoint" in str(err.value)
     assert "code" not in str(err.value)
+
+
+def test_a_text_file_named_pt_is_called_text(tmp_path):
+    (tmp_path / "readme.pt").write_text("hello, this is not a model\n")
+    with pytest.raises(CheckpointError, match="the file holds text"):
+        open_checkpoint(tmp_path / "readme.pt")

@@ -257,3 +257,24 @@ def test_the_factory_is_guessed_from_the_file_without_running_it(tmp_path, sourc
     path = tmp_path / "model.py"
     path.write_text(source + "raise SystemExit('ran!')\n" if "broken" not in source else source)
     assert guess_factory(path) == expected
+
+
+def test_an_unsupported_operation_is_not_blamed_on_a_guessed_input_shape(tmp_path):
+    path = tmp_path / "odd.py"
+    path.write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Odd(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a = nn.Linear(8, 16)\n"
+        "        self.b = nn.Linear(16, 4)\n"
+        "    def forward(self, x):\n"
+        "        return self.b(torch.cumsum(self.a(x), dim=1))\n"
+        "def odd():\n    return Odd()\n"
+    )
+    torch.manual_seed(0)
+    state = {"a.weight": torch.randn(16, 8), "a.bias": torch.zeros(16)}
+    state |= {"b.weight": torch.randn(4, 16), "b.bias": torch.zeros(4)}
+    with pytest.raises(MergerError) as info:
+        resolve_architecture(f"{path}:odd", state)
+    assert "cumsum" in str(info.value) and "was guessed" not in str(info.value)
