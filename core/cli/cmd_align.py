@@ -104,6 +104,20 @@ def _check_same_architecture(path_a: str, path_b: str) -> None:
         )
 
 
+def _unused_options(args: argparse.Namespace) -> list[str]:
+    """Options the chosen matching does not read: said, not silently dropped."""
+    if args.by == "weights":
+        notes = []
+        if args.data:
+            notes.append("--data is not used by --by weights (it compares the weights alone)")
+        if args.metric != "correlation":
+            notes.append("--metric applies to --by activations; not used by --by weights")
+        return notes
+    if args.max_iter != 100:
+        return ["--max-iter applies to --by weights; activation matching solves once"]
+    return []
+
+
 def cmd_align(args: argparse.Namespace) -> int:
     # before any work: a wrong name, an existing output or a read-only folder is refused
     check_output_early(args.output, [args.model_a, args.model_b], overwrite=args.overwrite)
@@ -116,6 +130,7 @@ def cmd_align(args: argparse.Namespace) -> int:
         read = [
             f"{p}: {note}" for p, c in ((args.model_a, a), (args.model_b, b)) for note in c.notes
         ]
+    read += _unused_options(args)
     for path, state in ((args.model_a, state_a), (args.model_b, state_b)):
         for name, tensor in state.items():
             check_finite(tensor, name, path)

@@ -393,3 +393,15 @@ def test_a_detected_architecture_is_named_as_an_assumption(demo, tmp_path, capsy
     assert main(named) == 0
     out = capsys.readouterr().out
     assert "detected from" not in out and out.endswith("(same function as B)\n")
+
+
+def test_options_the_matching_does_not_read_are_noted(demo, tmp_path, capsys):
+    a_path, b_path = map(str, demo.seeds)
+    args = ["align", a_path, b_path, "--data", "digits", "--metric", "euclidean"]
+    assert main([*args, "-o", str(tmp_path / "w.safetensors"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "--data is not used by --by weights" in out
+    assert "--metric applies to --by activations" in out
+    plain = ["align", a_path, b_path, "-o", str(tmp_path / "p.safetensors"), "--quiet"]
+    assert main(plain) == 0
+    assert "not used" not in capsys.readouterr().out
