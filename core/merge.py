@@ -29,7 +29,7 @@ from core.methods.context import TensorContext
 from core.methods.params import LayerIndex, resolve_params
 from core.methods.registry import MethodSpec
 from core.prepass import prepare_method
-from core.provenance import extra_files, hash_sources, metadata
+from core.provenance import config_notes, extra_files, hash_sources, metadata
 from core.recipe import TORCH_DTYPES, Recipe
 from core.resources import check_merge_memory, run_on_device
 from core.streaming import OutputTensor, check_cast_range, run_streaming
@@ -230,6 +230,8 @@ def run_merge(
         report.notes.extend(sign_notes(recipe, spec))
         report.notes.extend(unused_settings(recipe, spec))
         report.notes.extend(_dtype_notes(recipe, session))
+        if not str(out).endswith(".safetensors"):
+            report.notes.extend(config_notes(session))
         if spec.kind == "tensorwise":  # float64 tensors are computed in float64
             compute_dtype = _widest_compute_dtype(recipe, session)
         else:

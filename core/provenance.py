@@ -47,10 +47,42 @@ def extra_files(recipe: Recipe, session, out: str | Path) -> dict[str, bytes] | 
     if str(out).endswith(".safetensors"):
         return None
     files = {"merger_recipe.yaml": absolute_recipe(recipe).to_yaml().encode()}
-    config = session.reference.config
+    config = output_config(session)
     if config is not None:
         files["config.json"] = config_json(config, recipe.out_dtype or recipe.dtype)
     return files
+
+
+def output_config(session) -> Mapping | None:
+    """The config.json an output folder gets: the reference's (base, or first model), or
+    else the first model's that has one (a bare weights file listed first has none)."""
+    if session.reference.config is not None:
+        return session.reference.config
+    return next((c.config for c in session.checkpoints if c.config is not None), None)
+
+
+def config_notes(session) -> list[str]:
+    """Where the output's config.json comes from when that is not obvious: not from the
+    reference, or models whose configs name different architectures (model_type)."""
+    configs = [
+        (path, c.config)
+        for path, c in zip(session.paths, session.checkpoints, strict=True)
+        if c.config is not None
+    ]
+    if not configs:
+        return []
+    notes = []
+    if session.reference.config is None:
+        notes.append(
+            f"the reference model has no config.json: a folder output takes {configs[0][0]}'s"
+        )
+    types = {str(c.get("model_type")) for _, c in configs if c.get("model_type")}
+    if len(types) > 1:
+        notes.append(
+            f"the models' config.json name different model types ({', '.join(sorted(types))}): "
+            "a folder output takes the reference's; check they are one architecture"
+        )
+    return notes
 
 
 def config_json(config: Mapping, dtype: str | None) -> bytes:

@@ -323,3 +323,32 @@ def test_info_counts_tied_tensors_once(tmp_path, capsys):
     assert data["tied"] == [["embed.weight", "head.weight"]]
     assert main(["info", str(path)]) == 0
     assert "'embed.weight', 'head.weight' share one tensor" in capsys.readouterr().out
+
+
+def test_a_folder_output_takes_the_first_config_there_is_and_says_so(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.randn(3, 3)}, tmp_path / "bare.safetensors")
+    for name, kind in (("hf", "llama"), ("hf2", "mistral")):
+        (tmp_path / name).mkdir()
+        save_file({"w": torch.randn(3, 3)}, tmp_path / name / "model.safetensors")
+        (tmp_path / name / "config.json").write_text(json.dumps({"model_type": kind}))
+    merge = ["merge", "--method", "linear", "--quiet"]
+    assert (
+        main(
+            [
+                *merge,
+                str(tmp_path / "bare.safetensors"),
+                str(tmp_path / "hf"),
+                "-o",
+                str(tmp_path / "o1"),
+            ]
+        )
+        == 0
+    )
+    assert "has no config.json: a folder output takes" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o1" / "config.json").read_text())["model_type"] == "llama"
+    assert (
+        main([*merge, str(tmp_path / "hf"), str(tmp_path / "hf2"), "-o", str(tmp_path / "o2")]) == 0
+    )
+    assert "different model types (llama, mistral)" in capsys.readouterr().out
