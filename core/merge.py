@@ -246,6 +246,11 @@ def run_merge(
         notes = list(report.notes)
         notes += _reading_notes(session)
         if spec.kind == "tensorwise":
+            if device.startswith("cuda"):  # streaming reads, adds and writes: CPU-bound
+                notes.append(
+                    f"{spec.label} streams tensor by tensor on the CPU; the CUDA device "
+                    "serves the alignment methods"
+                )
             files = _run_tensorwise(recipe, spec, session, target, progress, hashes, hasher)
         else:
             files = _run_model_level(

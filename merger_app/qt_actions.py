@@ -149,8 +149,8 @@ def build_actions(window: QMainWindow) -> Actions:
 def fill_recent(menu: QMenu, paths: list[str], open_path, clear) -> None:
     """Rebuild a Recent menu; entries that no longer exist are shown disabled."""
     menu.clear()
-    for path in paths:
-        act = menu.addAction(Path(path).name or path)
+    for path, label in zip(paths, recent_labels(paths), strict=True):
+        act = menu.addAction(label)
         act.setToolTip(path)
         act.setStatusTip(path)
         act.setEnabled(Path(path).exists())
@@ -160,3 +160,20 @@ def fill_recent(menu: QMenu, paths: list[str], open_path, clear) -> None:
     clear_action = menu.addAction("Clear Recent")
     clear_action.setEnabled(bool(paths))
     clear_action.triggered.connect(clear)
+
+
+def recent_labels(paths: list[str]) -> list[str]:
+    """Menu labels: the name the models table shows (a folder's for its model.safetensors),
+    with the parent folder added where two entries would read the same."""
+    from merger_app._model_rows import display_name
+
+    names = [display_name(p) for p in paths]
+
+    def where(path: str, name: str) -> str:
+        folder = Path(path).parent  # the folder holding what the name names
+        return (folder.parent if Path(path).name != name else folder).name
+
+    return [
+        f"{name} — {where(p, name)}" if names.count(name) > 1 else name
+        for p, name in zip(paths, names, strict=True)
+    ]

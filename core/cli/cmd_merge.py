@@ -138,7 +138,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "-o", "--output", required=True, metavar="OUT", help="output .safetensors file, or a folder"
     )
     _add_output_options(p)
-    p.set_defaults(func=cmd_merge)
+
+    def check(args: argparse.Namespace) -> None:
+        """A parameter set twice would silently keep the last: a malformed command line."""
+        keys = [item.partition("=")[0].strip() for item in args.set]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            p.error(f"--set {twice[0]}= is given {keys.count(twice[0])} times; give it once")
+
+    p.set_defaults(func=cmd_merge, check=check)
 
     p = sub.add_parser("run", help="run a YAML recipe (mergekit vocabulary)")
     p.add_argument("recipe", help="recipe file (.yaml)")

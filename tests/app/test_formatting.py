@@ -137,3 +137,22 @@ def test_the_device_field_counts_threads_in_words():
 
     assert describe_device("cpu", 1) == "Device: CPU · 1 thread"
     assert describe_device("cpu", 4) == "Device: CPU · 4 threads"
+
+
+def test_recent_entries_read_as_the_table_names_them_and_never_the_same():
+    from merger_app.qt_actions import recent_labels
+
+    paths = [
+        "/a/x/finetuned_0-4.safetensors",
+        "/b/y/finetuned_0-4.safetensors",
+        "/m/hf_model/model.safetensors",
+        "/n/one/hf_model/model.safetensors",
+        "/r/z.yaml",
+    ]
+    assert recent_labels(paths) == [
+        "finetuned_0-4.safetensors — x",
+        "finetuned_0-4.safetensors — y",
+        "hf_model — m",
+        "hf_model — one",
+        "z.yaml",
+    ]

@@ -504,3 +504,15 @@ def test_a_yaml_error_names_the_recipe_file(tmp_path, capsys):
 def test_methods_lists_aliases(capsys):
     assert main(["methods"]) == 0
     assert "also called: average, weighted_average" in capsys.readouterr().out
+
+
+def test_a_parameter_set_twice_is_a_malformed_command_line(demo, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(linear(demo, tmp_path / "x.safetensors", "--set", "weight=0.7", "--set", "weight=0.2"))
+    assert exit_info.value.code == 2
+    assert "--set weight= is given 2 times; give it once" in one_error_line(capsys)
+
+
+def test_cuda_for_a_streaming_method_is_noted(demo, tmp_path, capsys):
+    assert main(linear(demo, tmp_path / "x.safetensors", "--device", "cuda")) == 0
+    assert "streams tensor by tensor on the CPU" in capsys.readouterr().out
