@@ -117,8 +117,7 @@ class _Session:
 
     @property
     def reference(self) -> Checkpoint:
-        idx = self.base_index if self.base_index is not None else self.input_indices[0]
-        return self.checkpoints[idx]
+        return self.checkpoints[_ref_index(self)]
 
     def close(self) -> None:
         for ckpt in self.checkpoints:
@@ -177,7 +176,7 @@ def _dtype_notes(recipe: Recipe, session: _Session) -> list[str]:
     }
     if len({tuple(k) for k in kinds.values()}) <= 1:
         return []
-    ref = session.paths[session.checkpoints.index(session.reference)]
+    ref = session.paths[_ref_index(session)]
     listed = "; ".join(f"{Path(p).name}: {', '.join(k)}" for p, k in kinds.items())
     return [
         f"the models' dtypes differ ({listed}): the output takes {Path(ref).name}'s, the "

@@ -37,15 +37,14 @@ def prepare_method(
     raw = [recipe.parameters, *(e.parameters for e in entries)]
     reference = base if base is not None else inputs[0]
     names = [i.name for i in reference.infos() if i.dtype.is_floating_point]
-    stages = 2  # set below: the prepare's passes and the merge, each a share of the bar
-    started = [0]
+    # each declared pass and then the merge get an equal share of the bar; set below,
+    # once the method says how many passes these settings take
+    shares: Iterator[Progress] = iter(())
 
     def task_vectors(label: str) -> Iterator[list[torch.Tensor]]:
         if base is None:
             raise RecipeError(f"method '{spec.name}' needs a base model for this setting")
-        k0 = min(started[0], stages - 2)
-        started[0] += 1
-        stage = progress.within(k0 / stages, (k0 + 1) / stages)
+        stage = next(shares, progress)  # an undeclared pass reports over the whole bar
         for k, name in enumerate(names):
             stage.update(k, len(names), f"{label}: {name}")
             theta0 = base.get(name, dtype=torch.float32, check=progress.check)
@@ -64,6 +63,7 @@ def prepare_method(
         check=progress.check,
     )
     passes = spec.prepare_passes(ctx) if spec.prepare_passes is not None else 1
-    stages = passes + 1
+    share = 1 / (passes + 1)
+    shares = iter([progress.within(i * share, (i + 1) * share) for i in range(passes)])
     extra = spec.prepare(ctx)
-    return extra, progress.within(passes / stages, 1.0) if passes else progress
+    return extra, progress.within(passes * share, 1.0) if passes else progress

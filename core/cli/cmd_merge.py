@@ -171,9 +171,7 @@ def _parse_sets(items: list[str], n_models: int, per_model: set[str]) -> tuple[d
     global_params: dict[str, Any] = {}
     model_params: list[dict[str, Any]] = [{} for _ in range(n_models)]
     for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise RecipeError(f"--set expects KEY=VALUE, not '{item}'")
+        key, _, text = item.partition("=")  # the form KEY=VALUE is checked by argparse
         key = key.strip()
         if key in per_model and "," in text and not text.strip().startswith("["):
             values = [yaml.safe_load(v) for v in text.split(",")]
