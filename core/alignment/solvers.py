@@ -57,14 +57,16 @@ def compiled_auction_available() -> bool:
 
 
 def warm_up() -> None:
-    """Load (or, once per machine, compile) the compiled solver ahead of its first use.
+    """Load (or, once per machine, compile) the compiled solver, and the copy kernels that
+    weight matching uses beside it, ahead of their first use.
 
     The app calls this on a background thread at start, so the first weight matching
     does not wait for it; benchmarks call it as part of start-up."""
     if compiled_auction_available():
-        from core.alignment import auction_lap
+        from core.alignment import auction_lap, copy_kernels
 
         auction_lap.warm_up()
+        copy_kernels.warm_up()
 
 
 def available_solvers() -> list[str]:
