@@ -48,8 +48,16 @@ _THETA = 8.0
 # Bids allowed per row before giving up on the auction (pathological ties): scipy takes over.
 # Weight-matching costs need ~25 cold, ~5 warm.
 _MAX_BIDS_PER_ROW = 200
-# Candidates per row above which the sparse finish loses to a dense scipy solve.
-_DENSE_FINISH = 64
+# The sparse finish is abandoned for scipy's dense solve once its shortest-path searches
+# have read this many candidate entries per matrix entry (nearly constant rows: every
+# free row reads every candidate, 6 s at n = 2048 where scipy takes 0.24 s). Dead units'
+# rows and columns in activation matching also have thousands of candidates each, yet
+# finish in ~1 s at n = 4096 where scipy takes 17-19 s: a bound on the work done, not
+# on the candidates, tells the two apart.
+_FINISH_WORK = 16
+# Candidates beyond this fraction of the matrix are not worth their memory (32 bytes
+# each): the finish would be dense anyway.
+_DENSE_FINISH = 0.25
 # Integer scores spanning at most this many times n hold ties everywhere; the auction
 # wanders among them (0.5 s at n = 2048 with values 0..99, where scipy takes 0.09 s).
 _TIE_SPAN = 4
@@ -96,12 +104,14 @@ def solve(
 
 
 def _finish_or_scipy(a: np.ndarray, price: np.ndarray, assign: np.ndarray, candidates):
-    """The sparse exact finish over `candidates`, or scipy where they are too many
-    (near-ties everywhere: a dense finish loses to scipy)."""
-    if len(candidates[3]) > _DENSE_FINISH * a.shape[0]:
-        return _scipy(a), price
-    _finish(a, price, assign, *candidates)
-    return assign, price
+    """The sparse exact finish over `candidates`, or scipy where it would cost more (near-
+    ties everywhere: the finish's searches read every candidate again and again)."""
+    n = a.shape[0]
+    if len(candidates[3]) <= _DENSE_FINISH * n * n and _finish(
+        a, price, assign, *candidates, _FINISH_WORK * n * n
+    ):
+        return assign, price
+    return _scipy(a), price
 
 
 def _scipy(a: np.ndarray) -> np.ndarray:
@@ -420,9 +430,13 @@ def _row_entries(a, price, i, row_profit, gap, cols, indices, cost, start, fill)
 
 
 @_jit
-def _finish(a, price, assign, profit, slack, indptr, indices, cost):
-    """Make the auction's assignment exactly optimal (min-cost form, cost = -score)."""
+def _finish(a, price, assign, profit, slack, indptr, indices, cost, budget):
+    """Make the auction's assignment exactly optimal (min-cost form, cost = -score).
+
+    Returns False, leaving `assign` and `price` as they were, once the searches have read
+    more than `budget` candidate entries."""
     n = a.shape[0]
+    work = 0
     u = -profit
     v = -price
     row2col = np.full(n, -1, np.int64)
@@ -456,6 +470,9 @@ def _finish(a, price, assign, profit, slack, indptr, indices, cost):
         while True:
             rows[nrows] = i
             nrows += 1
+            work += indptr[i + 1] - indptr[i]
+            if work > budget:
+                return False
             for e in range(indptr[i], indptr[i + 1]):
                 j = indices[e]
                 if done[j]:
@@ -507,3 +524,4 @@ def _finish(a, price, assign, profit, slack, indptr, indices, cost):
     for i in range(n):
         assign[i] = row2col[i]
         price[i] = -v[i]
+    return True
