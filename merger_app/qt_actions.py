@@ -6,10 +6,11 @@ Ctrl+Shift+O open recipe, Ctrl+E export recipe, Delete remove selected models.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QShortcut
 from PySide6.QtWidgets import QMainWindow, QMenu, QStyle
 
 from merger_app.qt_settings import DEVICES
@@ -49,6 +50,29 @@ def _action(
         action.setIcon(window.style().standardIcon(icon))
     window.addAction(action)  # shortcuts work even when the menu bar is hidden
     return action
+
+
+def explain_when_disabled(
+    window: QMainWindow, action: QAction, explain: Callable[[], None]
+) -> list[QShortcut]:
+    """Shortcuts that stand in for `action` while it is disabled and call `explain`.
+
+    Qt drops a key press on a disabled action without a sign; a user who presses Ctrl+S
+    before merging should hear why nothing happens. Only one of the two is enabled at a
+    time, so the keys are never ambiguous."""
+    shortcuts = []
+    for sequence in action.shortcuts():
+        shortcut = QShortcut(sequence, window)
+        shortcut.activated.connect(explain)
+        shortcuts.append(shortcut)
+
+    def follow() -> None:
+        for shortcut in shortcuts:
+            shortcut.setEnabled(not action.isEnabled())
+
+    action.changed.connect(follow)
+    follow()
+    return shortcuts
 
 
 def build_actions(window: QMainWindow) -> Actions:

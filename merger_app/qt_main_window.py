@@ -31,7 +31,7 @@ from merger_app._format import shorten_paths, summary_line
 from merger_app._jobs import demo_folder, demo_job, export_job, merge_job, remove_path
 from merger_app._recipe_build import build_recipe, merge_blockers
 from merger_app._session import new_session, sweep_stale_sessions
-from merger_app.qt_actions import build_actions
+from merger_app.qt_actions import build_actions, explain_when_disabled
 from merger_app.qt_dialogs import (
     QtSaveDialog,
     SaveOptions,
@@ -119,6 +119,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.models.view.addAction(a.remove)
         a.threads.triggered.connect(self.choose_threads)
         a.about.triggered.connect(self._about)
+        explain_when_disabled(self, a.merge, self._explain_no_merge)
+        explain_when_disabled(self, a.save, self._explain_no_save)
         for device, act in a.devices.items():
             act.triggered.connect(lambda _=False, d=device: self.set_device(d))
         self.merge_button.clicked.connect(self.merge)
@@ -255,6 +257,16 @@ class QtMainWindow(QtFileActions, QMainWindow):
 
         self._start("merge", f"Merging with {self.method.spec().label}", job, done)
         return True
+
+    def _explain_no_merge(self) -> None:
+        """Merge's shortcut while Merge is off: what blocks it."""
+        blockers = self.blockers()
+        self.statusBar().showMessage(blockers[0] if blockers else "Merge is not available.", 5000)
+
+    def _explain_no_save(self) -> None:
+        """Save's shortcut while Save is off: why."""
+        why = "Wait for the running job to end." if self.runner.running else None
+        self.statusBar().showMessage(why or self._save_tip(self._result_is_current()), 5000)
 
     def cancel_job(self) -> None:
         if self.runner.running:

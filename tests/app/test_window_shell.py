@@ -268,3 +268,27 @@ def test_merger_app_without_a_display_says_so_and_exits_1(tmp_path):
     )
     assert proc.returncode == 1
     assert "no display to open a window on" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_shortcuts_of_disabled_commands_say_why(window, tiny, qtbot):
+    """Ctrl+S before any merge and Ctrl+Return with nothing to merge are not silently
+    dropped: the status bar says why. Once Save is on, Ctrl+S saves (no ambiguity)."""
+    from PySide6.QtCore import Qt
+
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow)
+    ctrl = Qt.KeyboardModifier.ControlModifier
+    qtbot.keyClick(window, Qt.Key.Key_S, ctrl)
+    assert window.statusBar().currentMessage() == "Nothing to save yet: merge first."
+    window.statusBar().clearMessage()
+    qtbot.keyClick(window, Qt.Key.Key_Return, ctrl)
+    assert window.statusBar().currentMessage() == window.blockers()[0]
+
+    saves = []
+    window.choose_save = lambda: saves.append(1)  # the dialog itself is tested elsewhere
+    window.actions.save.triggered.disconnect()
+    window.actions.save.triggered.connect(lambda: window.choose_save())
+    window.actions.save.setEnabled(True)
+    window.statusBar().clearMessage()
+    qtbot.keyClick(window, Qt.Key.Key_S, ctrl)
+    assert saves == [1] and window.statusBar().currentMessage() == ""
