@@ -295,6 +295,7 @@ _INT8 = Param(
     False,
     "Accepted for mergekit recipes; has no effect on the result (it only saves memory there).",
     per_tensor=False,
+    label="Int8 mask (no effect)",
 )
 
 
