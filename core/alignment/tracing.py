@@ -41,12 +41,17 @@ ELEMENTWISE_MODULES = (
     nn.Dropout2d, nn.Identity,
 )  # fmt: skip
 ELEMENTWISE_FUNCTIONS = {
-    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, torch.tanh,
-    F.tanh, torch.sigmoid, F.sigmoid, F.hardtanh, F.hardswish, F.softplus, F.dropout,
+    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu,
+    F.mish, torch.tanh, F.tanh, torch.sigmoid, F.sigmoid, F.hardtanh, F.hardswish,
+    F.hardsigmoid, F.softplus, F.softsign, F.logsigmoid, F.dropout,
     torch.nn.functional.dropout2d, torch.exp, torch.abs, torch.neg, operator.neg,
+    torch.clamp, torch.clip, torch.sqrt, torch.rsqrt, torch.square, torch.log, torch.log1p,
+    torch.expm1, torch.sin, torch.cos, torch.erf,
 }  # fmt: skip
 ELEMENTWISE_METHODS = {
     "relu", "relu_", "tanh", "sigmoid", "exp", "abs", "neg", "contiguous", "clone",
+    "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "sqrt", "rsqrt", "square", "log",
+    "log1p", "float", "double", "half", "bfloat16", "to", "detach",
 }  # fmt: skip
 RESHAPE_METHODS = {"view", "reshape", "squeeze"}
 POOL_MODULES = (
@@ -60,9 +65,10 @@ POOL_FUNCTIONS = {
 _NOT_ACTIVATIONS = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 BINARY_FUNCTIONS = {
     operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
-    operator.truediv, torch.add, torch.sub, torch.mul,
+    operator.truediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.pow,
+    torch.maximum, torch.minimum,
 }  # fmt: skip
-BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_"}
+BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow"}
 SOFTMAX = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 _BN_LEAVES = ("weight", "bias", "running_mean", "running_var")
 

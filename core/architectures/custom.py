@@ -124,7 +124,7 @@ def _import(path: Path) -> ModuleType:
     sys.modules[name] = module  # dataclasses and pickling look the module up by name
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code may raise anything
+    except (Exception, SystemExit) as exc:  # the user's code may raise anything, even exit
         sys.modules.pop(name, None)
         raise MergerError(f"importing it failed: {type(exc).__name__}: {exc}", file=path) from exc
     return module
@@ -141,7 +141,7 @@ def _call_factory(module: ModuleType, name: str, path: Path) -> nn.Module:
         )
     try:
         model = factory()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a script's sys.exit() must not end merger
         raise MergerError(f"{name}() failed: {type(exc).__name__}: {exc}", file=path) from exc
     if not isinstance(model, nn.Module):
         raise MergerError(

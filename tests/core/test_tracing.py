@@ -216,3 +216,37 @@ def test_depthwise_conv_shares_its_input_permutation():
     spec, diff = _traced_self_test(net, torch.randn(2, 3, 5, 5))
     assert diff < 1e-10
     assert ("2.weight", 0) in spec.groups["P_0"] and ("3.weight", 1) in spec.groups["P_0"]
+
+
+class _Between(nn.Module):
+    """Linear -> op -> Linear: the op sits on one permuted feature axis."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.a, self.b, self.op = nn.Linear(4, 6), nn.Linear(6, 3), op
+
+    def forward(self, x):
+        return self.b(self.op(self.a(x)))
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda h: torch.clamp(h, min=-0.5, max=0.5),
+        lambda h: h.clamp(min=0.0),
+        lambda h: h.pow(2),
+        lambda h: h**2 + torch.sqrt(h.abs() + 1),
+        lambda h: torch.rsqrt(h.square() + 1),
+        lambda h: h.detach().clone().contiguous(),
+        lambda h: torch.maximum(h, torch.sin(h)) / 2,
+        lambda h: nn.functional.selu(h) + nn.functional.hardsigmoid(h),
+        lambda h: torch.log1p(h.exp()),
+    ],
+)
+def test_elementwise_ops_pass_their_permutation_through(op):
+    """Any elementwise function of one feature axis (or of two with the same axis) keeps
+    the network's function under a permutation of that axis."""
+    torch.manual_seed(0)
+    spec, diff = _traced_self_test(_Between(op), torch.randn(5, 4))
+    assert diff < 1e-10
+    assert set(spec.groups) == {"P_a"}

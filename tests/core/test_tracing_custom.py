@@ -139,6 +139,19 @@ def test_missing_file_and_failing_import(tmp_path):
         resolve_architecture(f"{bad}:make", {})
 
 
+def test_a_script_that_exits_is_an_error_not_an_exit(tmp_path):
+    """sys.exit() in the user's file or factory (a script's habit) must not end merger
+    silently with the script's exit code."""
+    top = tmp_path / "top.py"
+    top.write_text("import sys\nsys.exit(3)\n")
+    with pytest.raises(MergerError, match="importing it failed: SystemExit: 3"):
+        resolve_architecture(f"{top}:make", {})
+    inner = tmp_path / "inner.py"
+    inner.write_text("import sys\ndef make():\n    sys.exit('no model here')\n")
+    with pytest.raises(MergerError, match=r"make\(\) failed: SystemExit: no model here"):
+        resolve_architecture(f"{inner}:make", {})
+
+
 def test_code_references_can_be_refused(model_file):
     state, _ = _state(model_file)
     with pytest.raises(MergerError, match="would import and run that Python file"):
