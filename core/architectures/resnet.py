@@ -2,9 +2,9 @@
 
 A ResNet is a stem (conv1 + norm), stages `layer1`, `layer2`, ... of blocks `layerS.B`
 (basic: conv1/conv2; bottleneck: conv1/conv2/conv3, each followed by a norm) with an
-optional projection shortcut, then global average pooling and `fc`. Names of the norm
-layers and of the shortcut differ between families (`Naming`); depth, widths, block type,
-stem kernel and norm kind are read from the shapes.
+optional projection shortcut, then global average pooling and a linear head. Names of
+the norm layers, the shortcut and the head differ between checkpoints (`Naming`); depth,
+widths, block type, stem kernel and norm kind are read from the shapes.
 
 Permutations: the residual stream adds a block's input to its output, so the stem, all
 blocks' outputs and every shortcut-free block's input share one group, until a block with
@@ -27,10 +27,12 @@ _BN = ("weight", "bias", "running_mean", "running_var")
 
 @dataclass(frozen=True)
 class Naming:
-    """How a family names its norms (`bn1` or `norm1`) and shortcut (`downsample`)."""
+    """How a checkpoint names its norms (`bn1` or `norm1`), its projection shortcut
+    (`shortcut` or `downsample`) and its classifier (`fc` or `linear`)."""
 
     norm: str
     shortcut: str
+    head: str = "fc"
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -99,7 +101,7 @@ def build_spec(shapes: Shapes, naming: Naming) -> PermutationSpec:
             last = len(convs)
             groups[stream] += conv_out_axes(shapes, convs[-1], f"{block}.{naming.norm}{last}")
             acts[stream].append(block)
-    groups[stream].append(("fc.weight", 1))
+    groups[stream].append((f"{naming.head}.weight", 1))
     return PermutationSpec(groups, activations=acts)
 
 
@@ -158,7 +160,8 @@ class Block(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Stem, stages of blocks, global average pool, `fc`, under the checkpoint's names.
+    """Stem, stages of blocks, global average pool, a linear head, under the checkpoint's
+    names.
 
     A 7×7 stem means ImageNet style (stride 2 and a 3×3 max-pool); a 3×3 stem means CIFAR
     style (stride 1, no pool). The first block of every stage after the first has stride 2.
@@ -179,11 +182,12 @@ class ResNet(nn.Module):
             for b, block in enumerate(block_names(shapes, stage)):
                 stride = 2 if s > 0 and b == 0 else 1
                 self.blocks.append(attach(container, str(b), Block(shapes, block, naming, stride)))
-        out_f, in_f = shapes["fc.weight"]
-        self.fc = nn.Linear(in_f, out_f, bias="fc.bias" in shapes)
+        out_f, in_f = shapes[f"{naming.head}.weight"]
+        attach(self, naming.head, nn.Linear(in_f, out_f, bias=f"{naming.head}.bias" in shapes))
+        self.head_name = naming.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(getattr(self, self.stem_norm_name)(self.conv1(x))))
         for block in self.blocks:
             x = block(x)
-        return self.fc(x.mean(dim=(2, 3)))
+        return getattr(self, self.head_name)(x.mean(dim=(2, 3)))

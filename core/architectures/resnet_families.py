@@ -5,7 +5,9 @@
   `conv1`, `norm1`, `layerS.B.conv1`, `layerS.B.norm1`, `layerS.B.conv2`, `layerS.B.norm2`,
   `layerS.B.shortcut.0` (1×1 conv) / `.shortcut.1` (norm), `fc`. A norm with
   `running_mean` is BatchNorm2d; one without is a LayerNorm over channels
-  (`resnet.ChannelLayerNorm`).
+  (`resnet.ChannelLayerNorm`). The widespread CIFAR code of kuangliu/akamaster (projection
+  shortcuts, "option B") names its norms `bn1`, `bn2` and its head `linear` or `fc`: the
+  same network, also accepted.
 * `resnet18`: torchvision names with basic blocks (`conv1`, `bn1`, `layerS.B.bn2`,
   `layerS.B.downsample.0/1`, `fc`); any depth, so ResNet-34 loads too, and a 3×3 stem
   (CIFAR variants) works as well as the 7×7 ImageNet stem.
@@ -24,14 +26,16 @@ from core.architectures.resnet import Naming, ResNet, build_spec, convs_of, stag
 from core.errors import MergerError
 
 CIFAR = Naming(norm="norm", shortcut="shortcut")
+CIFAR_BN = (Naming("bn", "shortcut", "linear"), Naming("bn", "shortcut", "fc"))
 TORCHVISION = Naming(norm="bn", shortcut="downsample")
 _LEAVES = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+_NAME_MISMATCH = "tensor "
 
 
 def _pattern(naming: Naming) -> re.Pattern[str]:
     n, s = naming.norm, naming.shortcut
     return re.compile(
-        rf"(conv1\.(weight|bias)|{n}1\.{_LEAVES}|fc\.(weight|bias)"
+        rf"(conv1\.(weight|bias)|{n}1\.{_LEAVES}|{naming.head}\.(weight|bias)"
         rf"|layer\d+\.\d+\.(conv\d\.(weight|bias)|{n}\d\.{_LEAVES}|{s}\.[01]\.{_LEAVES}))"
     )
 
@@ -40,9 +44,13 @@ def _fits(shapes: Shapes, naming: Naming, bottleneck: bool) -> str | None:
     pattern = _pattern(naming)
     for name in shapes:
         if not pattern.fullmatch(name):
-            return f"tensor '{name}' is not a {naming.norm}/{naming.shortcut}-style ResNet name"
-    if len(shapes.get("conv1.weight", ())) != 4 or len(shapes.get("fc.weight", ())) != 2:
-        return "no 4-D conv1.weight stem and 2-D fc.weight head"
+            return (
+                f"{_NAME_MISMATCH}'{name}' is not a {naming.norm}/{naming.shortcut}-style "
+                "ResNet name"
+            )
+    head = f"{naming.head}.weight"
+    if len(shapes.get("conv1.weight", ())) != 4 or len(shapes.get(head, ())) != 2:
+        return f"no 4-D conv1.weight stem and 2-D {head} head"
     if f"{naming.norm}1.weight" not in shapes:
         return f"no stem norm '{naming.norm}1'"
     stages = stage_names(shapes)
@@ -72,19 +80,31 @@ def _input_shape(shapes: Shapes) -> tuple[int, ...]:
     return (channels, side, side)
 
 
-def _family(name: str, description: str, naming: Naming, bottleneck: bool) -> Family:
+def _family(name: str, description: str, namings: tuple[Naming, ...], bottleneck: bool) -> Family:
+    def naming_of(shapes: Shapes) -> tuple[Naming | None, str | None]:
+        """The first naming the checkpoint fits; else why not, from the naming whose
+        names it has (its shapes are the problem) if any."""
+        reasons = [_fits(shapes, naming, bottleneck) for naming in namings]
+        for naming, reason in zip(namings, reasons, strict=True):
+            if reason is None:
+                return naming, None
+        named = [r for r in reasons if r is not None and not r.startswith(_NAME_MISMATCH)]
+        return None, (named or reasons)[0]
+
     def fits(shapes: Shapes) -> str | None:
-        return _fits(shapes, naming, bottleneck)
+        return naming_of(shapes)[1]
 
     def spec(shapes: Shapes) -> PermutationSpec:
-        reason = fits(shapes)
-        if reason is not None:
+        naming, reason = naming_of(shapes)
+        if naming is None:
             raise MergerError(f"not a {name} model: {reason}", hint="pick another architecture")
         return build_spec(shapes, naming)
 
     def build(state: State, option: str = "") -> nn.Module:
         shapes = {k: tuple(v.shape) for k, v in state.items()}
         spec(shapes)  # validates
+        naming = naming_of(shapes)[0]
+        assert naming is not None
         return load_exact(ResNet(shapes, naming), state, name)
 
     return Family(name, description, fits, spec, build, _input_shape)
@@ -93,20 +113,21 @@ def _family(name: str, description: str, naming: Naming, bottleneck: bool) -> Fa
 RESNET20 = _family(
     "resnet20",
     "CIFAR ResNet-20 (any 6n+2 depth and width), LayerNorm or BatchNorm; names conv1, norm1, "
-    "layerS.B.conv1/norm1/conv2/norm2, layerS.B.shortcut.0/1, fc",
-    CIFAR,
+    "layerS.B.conv1/norm1/conv2/norm2, layerS.B.shortcut.0/1, fc (or bn1/bn2 and a linear "
+    "or fc head, as in the common CIFAR code with projection shortcuts)",
+    (CIFAR, *CIFAR_BN),
     bottleneck=False,
 )
 RESNET18 = _family(
     "resnet18",
     "torchvision ResNet with basic blocks (ResNet-18/34): conv1, bn1, layerS.B.*, downsample, fc",
-    TORCHVISION,
+    (TORCHVISION,),
     bottleneck=False,
 )
 RESNET50 = _family(
     "resnet50",
     "torchvision ResNet with bottleneck blocks (ResNet-50/101/152): conv1, bn1, layerS.B.conv3, "
     "downsample, fc",
-    TORCHVISION,
+    (TORCHVISION,),
     bottleneck=True,
 )

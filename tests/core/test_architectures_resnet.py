@@ -46,6 +46,7 @@ class _RefBlock(nn.Module):
 class _RefResNet(nn.Module):
     def __init__(self, layers, widths, bottleneck, classes=10, stem=7, **names):
         super().__init__()
+        self.head = names.pop("head", "fc")
         norm = names.get("norm", "bn")
         ln = names.get("ln", False)
         self.norm = norm
@@ -62,13 +63,13 @@ class _RefResNet(nn.Module):
                 cin = w * (4 if bottleneck else 1)
             self.add_module(f"layer{s}", nn.Sequential(*blocks))
             self.stages.append(f"layer{s}")
-        self.fc = nn.Linear(cin, classes)
+        self.add_module(self.head, nn.Linear(cin, classes))
 
     def forward(self, x):
         x = self.pool(torch.relu(getattr(self, f"{self.norm}1")(self.conv1(x))))
         for stage in self.stages:
             x = getattr(self, stage)(x)
-        return self.fc(x.mean((2, 3)))
+        return getattr(self, self.head)(x.mean((2, 3)))
 
 
 def _randomize(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -108,6 +109,19 @@ CASES = {
         norm="norm",
         short="shortcut",
     ),
+    # the common CIFAR code (kuangliu, akamaster with projection shortcuts)
+    "resnet20-kuangliu": dict(
+        layers=[3, 3, 3],
+        widths=[16, 32, 64],
+        bottleneck=False,
+        stem=3,
+        norm="bn",
+        short="shortcut",
+        head="linear",
+    ),
+    "resnet20-bn-names-fc": dict(
+        layers=[3, 3, 3], widths=[16, 32, 64], bottleneck=False, stem=3, short="shortcut"
+    ),
 }
 FAMILY_OF = {
     "resnet18": "resnet18",
@@ -116,13 +130,15 @@ FAMILY_OF = {
     "resnet50": "resnet50",
     "resnet20-ln": "resnet20",
     "resnet20-bn": "resnet20",
+    "resnet20-kuangliu": "resnet20",
+    "resnet20-bn-names-fc": "resnet20",
 }
 
 
 def _ref(case: str) -> _RefResNet:
     torch.manual_seed(0)
     kw = dict(CASES[case])
-    names = {k: kw.pop(k) for k in ("norm", "short", "ln") if k in kw}
+    names = {k: kw.pop(k) for k in ("norm", "short", "ln", "head") if k in kw}
     return _RefResNet(**kw, **names)
 
 
@@ -192,3 +208,13 @@ def test_every_family_refuses_the_others():
     shapes = shapes_of(state)
     assert [name for name, f in FAMILIES.items() if f.fits(shapes) is None] == ["resnet50"]
     assert detect_family(shapes) == "resnet50"
+
+
+def test_zero_padding_shortcuts_are_refused_for_their_widths_not_their_names():
+    """akamaster's default "option A" shortcut pads channels with zeros and has no weights:
+    the stages' widths cannot share a residual stream. The reason given is that, from the
+    naming the checkpoint uses, not a complaint about names."""
+    state = _randomize(_ref("resnet20-kuangliu"))
+    state = {k: v for k, v in state.items() if ".shortcut." not in k}
+    with pytest.raises(MergerError, match=r"resnet20: widths in 'P_stem' do not agree"):
+        detect_family(shapes_of(state))
