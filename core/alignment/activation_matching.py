@@ -49,15 +49,27 @@ class ActivationStats:
                 hint="feed both models the same batch",
             )
         self.count += a.shape[0]
-        if self.metric == "euclidean":
-            sq = (a * a).sum(0)[:, None] + (b * b).sum(0)[None, :] - 2.0 * (a.T @ b)
-            self._cross -= sq.clamp_min(0.0).sqrt()
-            return
-        self._cross += a.T @ b
+        sq_a, sq_b = (a * a).sum(0), (b * b).sum(0)
         self._sum_a += a.sum(0)
         self._sum_b += b.sum(0)
-        self._sq_a += (a * a).sum(0)
-        self._sq_b += (b * b).sum(0)
+        self._sq_a += sq_a
+        self._sq_b += sq_b
+        if self.metric == "euclidean":
+            sq = sq_a[:, None] + sq_b[None, :] - 2.0 * (a.T @ b)
+            self._cross -= sq.clamp_min(0.0).sqrt()
+        else:
+            self._cross += a.T @ b
+
+    def constant_units(self) -> tuple[int, int]:
+        """How many of A's and of B's units never varied over the data (dead ReLUs, or data
+        that does not reach them): nothing tells them apart, so their pairing is arbitrary."""
+        n = max(self.count, 1)
+
+        def constant(total: torch.Tensor, squares: torch.Tensor) -> int:
+            variance = squares / n - (total / n) ** 2
+            return int((variance <= 1e-10 * squares / n).sum())
+
+        return constant(self._sum_a, self._sq_a), constant(self._sum_b, self._sq_b)
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.units:

@@ -104,9 +104,18 @@ def match_by_activations(
     batch_size: int = 128,
     solver: str = "auto",
     progress: Progress | None = None,
+    notes: list[str] | None = None,
 ) -> Perms:
-    """Permutations of B's units maximising activation similarity with A, per group."""
+    """Permutations of B's units maximising activation similarity with A, per group.
+
+    What the data could not tell apart (units that never vary, fewer samples than units)
+    is appended to `notes`; data that makes no unit of a group vary is an error."""
     check_fits(data, arch.input_shape)
+    if len(data) < 2:
+        raise MergerError(
+            f"activation matching compares units across examples, and the data has {len(data)}",
+            hint="give a few hundred examples or more (the built-in digits set has 1797)",
+        )
     model_a, model_b = arch.build(dict(state_a)).eval(), arch.build(dict(state_b)).eval()
     points = hook_points(arch, model_a)
     rec_a, rec_b = _Recorder(model_a, points), _Recorder(model_b, points)
@@ -126,6 +135,8 @@ def match_by_activations(
     finally:
         rec_a.close()
         rec_b.close()
+    for group, st in stats.items():
+        _check_spread(group, st, notes if notes is not None else [])
     perms = {}
     for k, (group, st) in enumerate(stats.items()):
         if progress is not None:
@@ -133,3 +144,25 @@ def match_by_activations(
         # a hard assignment can take tens of seconds in scipy: Cancel must not wait for it
         perms[group] = run_cancellable(lambda st=st: st.solve(solver=solver), progress)
     return perms
+
+
+def _check_spread(group: str, st: ActivationStats, notes: list[str]) -> None:
+    """Refuse a group the data leaves flat in either model; note what it leaves unclear."""
+    dead_a, dead_b = st.constant_units()
+    if max(dead_a, dead_b) == st.units:
+        model = "A" if dead_a == st.units else "B"
+        raise MergerError(
+            f"no unit of permutation group '{group}' varies over the data in model {model}: "
+            "activation matching has nothing to compare",
+            hint="use data like the models' training data, or weight matching (no data needed)",
+        )
+    if dead_a or dead_b:
+        notes.append(
+            f"group {group}: {dead_a} of A's and {dead_b} of B's {st.units} units never vary "
+            "over the data (dead or constant); they are paired arbitrarily"
+        )
+    if st.count < st.units:
+        notes.append(
+            f"group {group}: {st.count} samples for {st.units} units; with fewer samples than "
+            "units many units look alike (more data tells them apart)"
+        )

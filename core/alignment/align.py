@@ -62,6 +62,7 @@ def align(
     architecture = resolve_architecture(arch, state_a, allow_code=allow_code, source=source)
     spec = architecture.spec
     before = matching_objective(spec, state_a, state_b, spec.identity())
+    data_notes: list[str] = []  # what the data could not tell apart (activation matching)
     if method == "weight":
         result = weight_matching(
             spec,
@@ -94,6 +95,7 @@ def align(
             batches=batches,
             solver=solver,
             progress=progress,
+            notes=data_notes,
         )
         sweeps = 0
         ending = None
@@ -110,6 +112,7 @@ def align(
     ]
     if ending:
         notes.append(ending)
+    notes += data_notes
     return Alignment(
         architecture, perms, aligned, before, after, sweeps, notes + architecture.notes
     )

@@ -120,3 +120,55 @@ def test_progress_covers_the_assignments_and_cancel_stops_them():
     stop = Progress(lambda e: e.message.startswith("matching") and stop.cancel(), min_interval=0)
     with pytest.raises(Cancelled):
         match_by_activations(arch, a, b, load_dataset("digits"), batches=3, progress=stop)
+
+
+def test_constant_units_are_counted_from_the_statistics():
+    """Dead units (all zero) and constant ones cannot be told apart by any metric."""
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(50, 6, generator=gen)
+    b = torch.randn(50, 6, generator=gen)
+    a[:, 1] = 0.0
+    a[:, 4] = 3.5
+    b[:, 0] = 0.0
+    for metric in ("correlation", "pearson", "euclidean"):
+        stats = ActivationStats(6, metric=metric)
+        stats.update(a[:20], b[:20])
+        stats.update(a[20:], b[20:])
+        assert stats.constant_units() == (2, 1)
+
+
+def test_data_that_cannot_tell_units_apart_is_refused_or_noted():
+    """One example, or inputs that leave a layer flat, are refused; dead units and fewer
+    samples than units are said, beside a result that is still computed."""
+    from core.alignment.activations import match_by_activations
+    from core.architectures import resolve_architecture
+    from core.architectures.factories import mlp_state
+    from core.data import load_dataset
+    from core.data.dataset import Dataset
+
+    a, b = mlp_state([64, 32, 32, 10], seed=1), mlp_state([64, 32, 32, 10], seed=2)
+    arch = resolve_architecture(None, a)
+    digits = load_dataset("digits")
+    one = Dataset(digits.x[:1], None, "one")
+    with pytest.raises(MergerError, match="the data has 1"):
+        match_by_activations(arch, a, b, one)
+    flat = Dataset(torch.zeros(100, 64), None, "zeros")
+    with pytest.raises(MergerError, match=r"no unit of permutation group '[\w.]+' varies"):
+        match_by_activations(arch, a, b, flat)
+    few = Dataset(digits.x[:20], None, "few")
+    group = next(g for g, axes in arch.spec.groups.items() if ("layers.0.bias", 0) in axes)
+
+    def dead_in_a() -> tuple[int, list[str]]:
+        notes: list[str] = []
+        perms = match_by_activations(arch, a, b, few, notes=notes)
+        assert set(perms) == set(arch.spec.groups)
+        said = [n for n in notes if n.startswith(f"group {group}: ")]
+        return (int(said[0].split()[2]) if said else 0), notes
+
+    before, _ = dead_in_a()
+    alive = (a["layers.0.weight"] @ digits.x[:20].T + a["layers.0.bias"][:, None]).amax(1) > 0
+    silenced = torch.nonzero(alive).flatten()[:3]
+    a["layers.0.bias"][silenced] = -1e4  # three live units of A that no digit switches on
+    after, notes = dead_in_a()
+    assert after == before + 3, notes
+    assert any("20 samples for 32 units" in n for n in notes), notes
