@@ -59,7 +59,13 @@ def align(
     """Permute B to match A by `method` ("weight" or "activation"); `source` (A's file)
     is named in errors about the architecture."""
     progress = progress or Progress()
-    architecture = resolve_architecture(arch, state_a, allow_code=allow_code, source=source)
+    architecture = resolve_architecture(
+        arch,
+        state_a,
+        allow_code=allow_code,
+        source=source,
+        input_shape=data.input_shape if data is not None else None,
+    )
     spec = architecture.spec
     before = matching_objective(spec, state_a, state_b, spec.identity())
     data_notes: list[str] = []  # what the data could not tell apart (activation matching)

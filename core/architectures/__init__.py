@@ -73,6 +73,7 @@ def resolve_architecture(
     allow_code: bool = True,
     need_spec: bool = True,
     source: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> Architecture:
     """Spec (sizes filled in) and builder for `state`, from `arch` as described above.
 
@@ -81,16 +82,27 @@ def resolve_architecture(
     `arch` values read from files the user did not type, such as downloaded recipes).
     With `need_spec=False` (evaluation) a user's model is built without tracing its spec,
     which is then empty. `source`, the checkpoint's file, is named in errors about it.
+    `input_shape` (one example of the data at hand) shapes a user model's tracing input
+    when its file does not say.
     """
     try:
-        return _resolve(arch, state, allow_code=allow_code, need_spec=need_spec)
+        return _resolve(
+            arch, state, allow_code=allow_code, need_spec=need_spec, input_shape=input_shape
+        )
     except MergerError as exc:
         if exc.file is not None or source is None:
             raise
         raise MergerError(exc.message, file=source, tensor=exc.tensor, hint=exc.hint) from exc
 
 
-def _resolve(arch: str | None, state: State, *, allow_code: bool, need_spec: bool) -> Architecture:
+def _resolve(
+    arch: str | None,
+    state: State,
+    *,
+    allow_code: bool,
+    need_spec: bool,
+    input_shape: tuple[int, ...] | None = None,
+) -> Architecture:
     if arch is not None and arch.strip().lower() in ("", "auto"):
         arch = None
     if arch is not None and _is_file_reference(arch):
@@ -101,7 +113,7 @@ def _resolve(arch: str | None, state: State, *, allow_code: bool, need_spec: boo
             )
         from core.architectures.custom import load_custom
 
-        return load_custom(arch, state, trace=need_spec)
+        return load_custom(arch, state, trace=need_spec, input_shape=input_shape)
     shapes = shapes_of(state)
     name, option = (detect_family(shapes), "") if arch is None else _split(arch)
     family = FAMILIES[name]

@@ -7,7 +7,8 @@ broken merge, so we refuse instead.
 
 The example input used for tracing comes from, in order: an `example_input` attribute
 of the model, a module-level `example_input` in the file (a tensor, or a function
-returning one), or a guess from the first layer (Linear → (2, in_features); Conv2d →
+returning one), the shape of the data it will run on (when there is data), or a guess
+from the first layer (Linear → (2, in_features); Conv2d →
 (2, in_channels, 32, 32)). A guessed shape is not claimed as the model's input shape,
 and an error while tracing with it says that it was a guess.
 
@@ -38,17 +39,25 @@ from core.architectures.base import Architecture, State, load_mismatch
 from core.errors import MergerError
 
 
-def load_custom(arch: str, state: State, *, trace: bool = True) -> Architecture:
+def load_custom(
+    arch: str,
+    state: State,
+    *,
+    trace: bool = True,
+    input_shape: tuple[int, ...] | None = None,
+) -> Architecture:
     """Resolve `path.py:factory` against `state`: build, load, trace and self-test.
 
-    With `trace=False` the spec is left empty (for evaluation, which only builds)."""
+    With `trace=False` the spec is left empty (for evaluation, which only builds).
+    `input_shape`, one example's shape in the data the model will see, shapes the
+    tracing input where the file does not define one."""
     path_text, _, factory_name = arch.rpartition(":")
     path = Path(path_text).expanduser()
     with _importable_folder(path.parent):
         module = _import(path)
         model = _call_factory(module, factory_name, path)
     _load_strict(model, state, path)
-    example, guessed = _example_input(module, model, path)
+    example, guessed = _example_input(module, model, path, input_shape)
     spec = PermutationSpec({})
     notes = ["spec not traced (evaluation only)"]
     if trace:
@@ -161,8 +170,13 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path
         ) from exc
 
 
-def _example_input(module: ModuleType, model: nn.Module, path: Path) -> tuple[torch.Tensor, bool]:
-    """The example input for tracing, and whether it was guessed from the first layer."""
+def _example_input(
+    module: ModuleType, model: nn.Module, path: Path, data_shape: tuple[int, ...] | None
+) -> tuple[torch.Tensor, bool]:
+    """The example input for tracing, and whether it was guessed from the first layer.
+
+    The file's own `example_input` comes first, then the shape of the data the model is
+    about to see (a model that reshapes flat inputs itself takes them as they are)."""
     given = getattr(model, "example_input", None)
     if given is None:
         given = getattr(module, "example_input", None)
@@ -172,6 +186,8 @@ def _example_input(module: ModuleType, model: nn.Module, path: Path) -> tuple[to
         if not torch.is_tensor(given):
             raise MergerError("example_input must be a tensor (with a batch dim)", file=path)
         return given, False
+    if data_shape is not None:
+        return torch.randn(2, *data_shape), False
     for layer in model.modules():
         if isinstance(layer, nn.Linear):
             return torch.randn(2, layer.in_features), True

@@ -53,7 +53,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _evaluate_one(path: str, arch_name: str | None, data) -> dict:
     with open_checkpoint(path) as ckpt:
         state = ckpt.state_dict()
-    arch = resolve_architecture(arch_name, state, need_spec=False, source=path)
+    arch = resolve_architecture(
+        arch_name, state, need_spec=False, source=path, input_shape=data.input_shape
+    )
     check_fits(data, arch.input_shape)
     scores = evaluate(arch.build(state), data)
     return {"model": path, "architecture": arch.name, "detected": arch.detected, **scores}

@@ -291,3 +291,46 @@ def test_an_unsupported_operation_is_not_blamed_on_a_guessed_input_shape(tmp_pat
     with pytest.raises(MergerError) as info:
         resolve_architecture(f"{path}:odd", state)
     assert "cumsum" in str(info.value) and "was guessed" not in str(info.value)
+
+
+def test_the_data_shapes_the_tracing_input_when_the_file_does_not(tmp_path):
+    """A conv net that unflattens the digits' 64 values itself: the first-layer guess
+    (1×32×32 images) cannot run it, the data's own example shape can."""
+    path = tmp_path / "flat_cnn.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.conv = nn.Conv2d(1, 4, 3, padding=1)
+                    self.fc = nn.Linear(4 * 8 * 8, 10)
+
+                def forward(self, x):
+                    x = torch.relu(self.conv(x.view(-1, 1, 8, 8)))
+                    return self.fc(torch.flatten(x, 1))
+
+            def make():
+                return Net()
+            """
+        )
+    )
+    torch.manual_seed(0)
+    state = {k: v.clone() for k, v in _load_net(path).state_dict().items()}
+    with pytest.raises(MergerError, match=r"guessed from the model's first layer"):
+        resolve_architecture(f"{path}:make", state)
+    arch = resolve_architecture(f"{path}:make", state, input_shape=(64,))
+    assert arch.input_shape == (64,)
+    assert set(arch.spec.groups) == {"P_conv"}
+
+
+def _load_net(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("flat_cnn_for_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make()
