@@ -167,7 +167,8 @@ class _Tracer:
                     if isinstance(arg, fx.Node) and arg in self.features:
                         self.fixed.append(self.features[arg].key)
             elif node.op == "get_attr":
-                raise self.refuse(node, f"parameter '{node.target}'", "it is used directly")
+                kind = "buffer" if node.target in dict(self.module.named_buffers()) else "parameter"
+                raise self.refuse(node, f"{kind} '{node.target}'", "it is used directly")
             elif self.shape(node) is None:
                 self.non_tensor(node)
             elif node.op == "call_module":

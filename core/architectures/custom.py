@@ -89,7 +89,11 @@ def _traced_spec(
         spec.self_test(model, state, example)
     except MergerError as exc:
         if not guessed or not _about_shapes(exc.message):
-            raise  # an unsupported operation: the input's shape has nothing to do with it
+            # an unsupported operation: the input's shape has nothing to do with it, and
+            # the model's file (not the checkpoint) is where to look
+            raise MergerError(
+                exc.message, file=exc.file or path, tensor=exc.tensor, hint=exc.hint
+            ) from exc
         raise MergerError(
             exc.message,
             file=exc.file or path,

@@ -156,6 +156,13 @@ class _DirectParam(nn.Module):
         return self.a(x * self.scale)
 
 
+class _DirectBuffer(_DirectParam):
+    def __init__(self):
+        super().__init__()
+        del self.scale
+        self.register_buffer("scale", torch.ones(4))
+
+
 class _Branchy(nn.Module):
     def __init__(self):
         super().__init__()
@@ -192,6 +199,7 @@ class _Attention(nn.Module):
         (_Cat(), torch.randn(2, 4), ["function cat", "node 'cat'"]),
         (_Transpose(), torch.randn(2, 4), ["method .t()", "node 't'"]),
         (_DirectParam(), torch.randn(2, 4), ["parameter 'scale'", "used directly"]),
+        (_DirectBuffer(), torch.randn(2, 4), ["buffer 'scale'", "used directly"]),
         (_Branchy(), torch.randn(2, 4), ["torch.fx cannot trace _Branchy"]),
         (_Regroup(), torch.randn(2, 1, 3, 3), ["reshape from [2, 4, 3, 3] to [2, 2, 18]"]),
         (_Attention(), torch.randn(2, 3, 4), ["MultiheadAttention 'attn'", "not supported"]),

@@ -85,8 +85,9 @@ def test_user_module_is_traced_self_tested_and_buildable(model_file):
 
 def test_unsupported_op_in_a_user_module_is_named(model_file):
     state, _ = _state(model_file, "make_cat")
-    with pytest.raises(MergerError, match=r"function cat \(graph node 'cat'\)"):
-        resolve_architecture(f"{model_file}:make_cat", state)
+    with pytest.raises(MergerError, match=r"function cat \(graph node 'cat'\)") as info:
+        resolve_architecture(f"{model_file}:make_cat", state, source="cat0.pt")
+    assert str(info.value.file) == str(model_file)  # the code to change, not the checkpoint
 
 
 def test_example_input_that_does_not_fit_is_explained(model_file):
