@@ -141,7 +141,7 @@ def cmd_align(args: argparse.Namespace) -> int:
             {k: v.float() if v.is_floating_point() else v for k, v in state_b.items()},
             arch=args.arch,
             method="weight" if args.by == "weights" else "activation",
-            data=load_dataset(args.data) if args.data else None,
+            data=load_dataset(args.data, labels=False) if args.data else None,
             max_iter=args.max_iter,
             seed=args.seed,
             solver=args.solver,

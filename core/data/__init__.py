@@ -19,8 +19,11 @@ BUILTIN = ("digits",)
 __all__ = ["BUILTIN", "Dataset", "load_dataset", "load_digits", "load_npz", "split_digits"]
 
 
-def load_dataset(spec: str | Path) -> Dataset:
-    """The data set named by `spec`: `digits` (built in) or a path to an `.npz` file."""
+def load_dataset(spec: str | Path, *, labels: bool = True) -> Dataset:
+    """The data set named by `spec`: `digits` (built in) or a path to an `.npz` file.
+
+    `labels=False` is for jobs that only run the models (alignment, BatchNorm statistics):
+    a file's labels are then neither read nor checked."""
     if isinstance(spec, str) and spec.strip().lower() == "digits":
         return load_digits()
-    return load_npz(spec)
+    return load_npz(spec, labels=labels)

@@ -22,8 +22,11 @@ from core.errors import MergerError
 _HINT = "save it with numpy.savez(path, x=inputs, y=labels)"
 
 
-def load_npz(path: str | Path) -> Dataset:
-    """Read `x` as float32 and `y` as int64 from an `.npz` file, validating both."""
+def load_npz(path: str | Path, *, labels: bool = True) -> Dataset:
+    """Read `x` as float32 and `y` as int64 from an `.npz` file, validating both.
+
+    With `labels=False` (alignment, BatchNorm statistics: inputs only) `y` is not read,
+    so labels the job never uses cannot refuse the file."""
     path = Path(path)
     if path.is_dir():
         raise MergerError(
@@ -66,7 +69,7 @@ def load_npz(path: str | Path) -> Dataset:
         raise MergerError("the data set is empty", file=path, hint=_HINT)
     if not np.all(np.isfinite(x)):
         raise MergerError("x holds NaN or infinite values", file=path)
-    if "y" not in arrays:  # inputs only: enough to run the models, not to score them
+    if "y" not in arrays or not labels:  # inputs only: enough to run the models
         return Dataset(_as_inputs(x), None, path.stem, str(path))
     y = arrays["y"]
     _check_numeric(path, "y", y)

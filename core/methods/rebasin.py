@@ -46,7 +46,7 @@ def _merge(ctx, method: str) -> dict[str, torch.Tensor]:
     a_ckpt, b_ckpt = ctx.inputs
     ctx.progress.update(0, 1, "loading models")
     state_a, state_b = ctx.load(a_ckpt), ctx.load(b_ckpt)
-    data = load_dataset(ctx.recipe.data) if ctx.recipe.data else None
+    data = load_dataset(ctx.recipe.data, labels=False) if ctx.recipe.data else None
     result = align(
         state_a,
         state_b,

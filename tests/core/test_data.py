@@ -70,6 +70,20 @@ def test_npz_validation_names_the_file(tmp_path, arrays, fragment):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "y", [np.array([0.5, 1, 2]), np.zeros(4, dtype=int), np.zeros((3, 2), dtype=int)]
+)
+def test_jobs_that_only_run_the_models_do_not_read_labels(tmp_path, y):
+    """Alignment and BatchNorm statistics use x alone: labels they never read cannot
+    refuse the file (evaluation still checks them)."""
+    path = tmp_path / "inputs.npz"
+    np.savez(path, x=np.ones((3, 2)), y=y)
+    data = load_dataset(str(path), labels=False)
+    assert data.y is None and data.x.shape == (3, 2)
+    with pytest.raises(MergerError):
+        load_dataset(str(path))
+
+
 def test_missing_and_corrupt_files(tmp_path):
     with pytest.raises(MergerError, match="no such data file"):
         load_dataset(str(tmp_path / "nope.npz"))
