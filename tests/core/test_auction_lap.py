@@ -284,34 +284,13 @@ def test_extreme_ranges_are_solved():
     assert value(tiny, perm) == best(tiny)
 
 
-def dead_units(width: int) -> np.ndarray:
-    """Activation matching's cross-moment E[a bᵀ] of two random ReLU layers on the digits:
-    non-negative, with rows and columns of zeros where units never fire, and near-ties
-    between the rest. At width 1024 its rows have ~90 candidates each on average."""
-    import torch
-    from sklearn.datasets import load_digits
-
-    from core.alignment.activation_matching import ActivationStats
-
-    x = torch.tensor(load_digits().data, dtype=torch.float32) / 16
-    features = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        layer = torch.nn.Sequential(
-            torch.nn.Linear(64, width), torch.nn.ReLU(), torch.nn.Linear(width, width)
-        )
-        with torch.no_grad():
-            features.append(torch.relu(layer(x)))
-    stats = ActivationStats(width)
-    stats.update(*features)
-    return stats.score().numpy()
-
-
 def test_dead_units_are_finished_sparsely_and_exactly(monkeypatch):
     """Dead units' rows hold thousands of candidates, yet the shortest-path finish needs
     only a few passes' worth of work: no hand-over to scipy, which took 17-21 s per
     group at width 4096 where the finish takes about 1 s."""
-    score = dead_units(1024)
+    from benchmarks.activation_matching import layer_scores
+
+    score = layer_scores(1024)[1]  # E[a bᵀ] of two random ReLU layers on the digits
     counts = []
     real = auction_lap._finish
     monkeypatch.setattr(auction_lap, "_finish", lambda *a: counts.append(len(a[-2])) or real(*a))
