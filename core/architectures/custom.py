@@ -91,8 +91,16 @@ def _traced_spec(
         if not guessed or not _about_shapes(exc.message):
             # an unsupported operation: the input's shape has nothing to do with it, and
             # the model's file (not the checkpoint) is where to look
+            ties = _tied(model)
+            hint = (
+                f"{ties} are one tensor (tied weights): each name's units are permuted on "
+                "their own, which unties them; a permutation spec cannot follow ties "
+                "between layers"
+                if ties and "changes the outputs" in exc.message
+                else exc.hint
+            )
             raise MergerError(
-                exc.message, file=exc.file or path, tensor=exc.tensor, hint=exc.hint
+                exc.message, file=exc.file or path, tensor=exc.tensor, hint=hint
             ) from exc
         raise MergerError(
             exc.message,
@@ -103,6 +111,14 @@ def _traced_spec(
             f"in {path.name}",
         ) from exc
     return spec
+
+
+def _tied(model: nn.Module) -> str:
+    """The model's parameters shared under several names, as "a.weight and b.weight"."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return "; ".join(" and ".join(group) for group in names.values() if len(group) > 1)
 
 
 def _about_shapes(message: str) -> bool:

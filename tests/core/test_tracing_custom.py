@@ -335,3 +335,35 @@ def _load_net(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.make()
+
+
+def test_tied_weights_that_break_the_self_test_are_named(tmp_path):
+    """Two layers sharing one weight cannot be permuted apart: the refusal names them."""
+    path = tmp_path / "tied.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            class Tied(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.a, self.b, self.c = nn.Linear(6, 5), nn.Linear(5, 5), nn.Linear(5, 5)
+                    self.c.weight = self.b.weight
+                    self.out = nn.Linear(5, 2)
+
+                def forward(self, x):
+                    x = torch.relu(self.b(torch.relu(self.a(x))))
+                    return self.out(torch.relu(self.c(x)))
+
+            def make():
+                return Tied()
+            """
+        )
+    )
+    torch.manual_seed(0)
+    state = {k: v.clone() for k, v in _load_net(path).state_dict().items()}
+    with pytest.raises(MergerError) as info:
+        resolve_architecture(f"{path}:make", state, input_shape=(6,))
+    assert "b.weight and c.weight are one tensor (tied weights)" in str(info.value)
