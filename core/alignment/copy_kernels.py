@@ -18,6 +18,7 @@ and callers keep the torch expression as the fallback (CUDA tensors, no numba).
 from __future__ import annotations
 
 import importlib.util
+import threading
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ def available() -> bool:
 
 def gather_middle(src: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out[x, j, :] = src[x, index[j], :] for contiguous 3-D float32 CPU tensors."""
-    _kernels()[0](src.numpy(), index.numpy(), out.numpy())
+    _parallel(0, src.numpy(), index.numpy(), out.numpy())
     return out
 
 
@@ -44,7 +45,7 @@ def gather_transposed(
     """out[y, j, :] = src[index[j], y, :] (index None: the identity), src (X, Y, Z) -> out
     (Y, X', Z), contiguous 3-D float32 CPU tensors."""
     idx = np.arange(src.shape[0]) if index is None else index.numpy()
-    _kernels()[1](src.numpy(), idx, out.numpy())
+    _parallel(1, src.numpy(), idx, out.numpy())
     return out
 
 
@@ -67,6 +68,22 @@ def warm_up() -> None:
 
 
 _COMPILED: tuple | None = None
+# numba's fallback threading layer ("workqueue", where neither OpenMP nor TBB is
+# installed, as on many macOS machines) aborts the process when two threads enter
+# parallel kernels at once: the app warms them up on one thread while a job may start
+# on another.
+_PARALLEL = threading.Lock()
+
+
+def _parallel(which: int, *args: object) -> None:
+    """Run parallel kernel `which` alone, on as many threads as torch may use (the app's
+    CPU-threads setting is torch's)."""
+    import numba
+
+    kernel = _kernels()[which]
+    with _PARALLEL:
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        kernel(*args)
 
 
 def _kernels() -> tuple:

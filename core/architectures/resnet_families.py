@@ -62,7 +62,11 @@ def _fits(shapes: Shapes, naming: Naming, bottleneck: bool) -> str | None:
         if has_three != bottleneck:
             kind = "bottleneck (conv3)" if has_three else "basic (conv1, conv2)"
             return f"block '{block}' is a {kind} block"
-    return _sizes_agree(build_spec(shapes, naming), shapes)
+    reason = _sizes_agree(build_spec(shapes, naming), shapes)
+    if reason is None and naming in CIFAR_BN and f".{naming.shortcut}." not in " ".join(shapes):
+        # bn-named blocks and no shortcut at all: torchvision's names fit as well (resnet18)
+        return f"bn-named blocks without any '{naming.shortcut}' projection"
+    return reason
 
 
 def _sizes_agree(spec: PermutationSpec, shapes: Shapes) -> str | None:

@@ -218,3 +218,13 @@ def test_zero_padding_shortcuts_are_refused_for_their_widths_not_their_names():
     state = {k: v for k, v in state.items() if ".shortcut." not in k}
     with pytest.raises(MergerError, match=r"resnet20: widths in 'P_stem' do not agree"):
         detect_family(shapes_of(state))
+
+
+def test_bn_named_resnets_without_projections_stay_torchvisions():
+    """Without any projection shortcut, bn-named basic blocks read as torchvision's
+    (resnet18), as before the CIFAR code's names were accepted: not ambiguous."""
+    torch.manual_seed(0)
+    ref = _RefResNet([2], [8], bottleneck=False, stem=3)
+    state = _randomize(ref)
+    assert not any("downsample" in k for k in state)
+    assert detect_family(shapes_of(state)) == "resnet18"

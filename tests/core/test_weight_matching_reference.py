@@ -90,3 +90,54 @@ def test_compiled_and_torch_copies_walk_the_same_path(monkeypatch):
     plain = weight_matching(spec, a, b, seed=2)
     assert all(torch.equal(compiled.perms[g], plain.perms[g]) for g in spec.groups)
     assert compiled.objective_history == pytest.approx(plain.objective_history, rel=1e-7)
+
+
+def test_compiled_copies_follow_torchs_thread_count():
+    """The app's CPU-threads setting is torch's: the parallel copies keep to it."""
+    import numba
+
+    from core.alignment import copy_kernels
+
+    before = torch.get_num_threads()
+    x = torch.randn(4, 5, 6)
+    try:
+        torch.set_num_threads(1)
+        copy_kernels.gather_transposed(x, None, torch.empty(5, 4, 6))
+        assert numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_compiled_copies_are_safe_from_several_threads_on_any_threading_layer():
+    """numba's fallback layer (workqueue: no OpenMP or TBB, as on many Macs) aborts the
+    process when two threads run parallel kernels at once; the app warms them up on one
+    thread while a job may start on another."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import threading, torch\n"
+        "from core.alignment import copy_kernels as ck\n"
+        "x = torch.randn(64, 64, 9)\n"
+        "def work():\n"
+        "    out = torch.empty(64, 64, 9)\n"
+        "    for _ in range(200):\n"
+        "        ck.gather_transposed(x, None, out); ck.gather_middle(x, torch.arange(64), out)\n"
+        "threads = [threading.Thread(target=work) for _ in range(3)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "import numba; print(numba.threading_layer())\n"
+    )
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "workqueue"
