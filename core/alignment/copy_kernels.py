@@ -17,11 +17,14 @@ and callers keep the torch expression as the fallback (CUDA tensors, no numba).
 
 from __future__ import annotations
 
-import importlib.util
 import threading
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from core.alignment.solvers import compiled_auction_available
 
 # Destination rows filled per task of the transposing gather: 8 rows of a 3×3 conv are
 # 288 contiguous bytes per source row read, and enough tasks remain to share the cores.
@@ -29,13 +32,14 @@ _ROW_BLOCK = 8
 
 
 def available() -> bool:
-    """Whether numba is installed (it is a dependency; a stripped install may lack it)."""
-    return importlib.util.find_spec("numba") is not None
+    """Whether numba is installed (it is a dependency; a stripped install may lack it):
+    the same check as the compiled auction's, which needs it too."""
+    return compiled_auction_available()
 
 
 def gather_middle(src: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out[x, j, :] = src[x, index[j], :] for contiguous 3-D float32 CPU tensors."""
-    _parallel(0, src.numpy(), index.numpy(), out.numpy())
+    _parallel(_kernels().middle, src.numpy(), index.numpy(), out.numpy())
     return out
 
 
@@ -45,7 +49,7 @@ def gather_transposed(
     """out[y, j, :] = src[index[j], y, :] (index None: the identity), src (X, Y, Z) -> out
     (Y, X', Z), contiguous 3-D float32 CPU tensors."""
     idx = np.arange(src.shape[0]) if index is None else index.numpy()
-    _parallel(1, src.numpy(), idx, out.numpy())
+    _parallel(_kernels().transposed, src.numpy(), idx, out.numpy())
     return out
 
 
@@ -55,7 +59,7 @@ def dot64(a: torch.Tensor, b: torch.Tensor) -> float:
 
     torch's `sum(dtype=torch.float64)` first converts the whole tensor to a new float64
     copy; this reads both in place."""
-    return float(_kernels()[2](a.reshape(-1).numpy(), b.reshape(-1).numpy()))
+    return float(_kernels().dot(a.reshape(-1).numpy(), b.reshape(-1).numpy()))
 
 
 def warm_up() -> None:
@@ -67,7 +71,13 @@ def warm_up() -> None:
         dot64(x, x)
 
 
-_COMPILED: tuple | None = None
+class _Kernels(NamedTuple):
+    middle: Callable[..., None]
+    transposed: Callable[..., None]
+    dot: Callable[..., float]
+
+
+_COMPILED: _Kernels | None = None
 # numba's fallback threading layer ("workqueue", where neither OpenMP nor TBB is
 # installed, as on many macOS machines) aborts the process when two threads enter
 # parallel kernels at once: the app warms them up on one thread while a job may start
@@ -75,18 +85,17 @@ _COMPILED: tuple | None = None
 _PARALLEL = threading.Lock()
 
 
-def _parallel(which: int, *args: object) -> None:
-    """Run parallel kernel `which` alone, on as many threads as torch may use (the app's
+def _parallel(kernel: Callable[..., None], *args: object) -> None:
+    """Run a parallel kernel alone, on as many threads as torch may use (the app's
     CPU-threads setting is torch's)."""
     import numba
 
-    kernel = _kernels()[which]
     with _PARALLEL:
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         kernel(*args)
 
 
-def _kernels() -> tuple:
+def _kernels() -> _Kernels:
     """The compiled functions, built on first use (importing numba costs ~0.3 s)."""
     global _COMPILED
     if _COMPILED is None:
@@ -94,7 +103,7 @@ def _kernels() -> tuple:
     return _COMPILED
 
 
-def _compile() -> tuple:
+def _compile() -> _Kernels:
     from numba import njit, prange
 
     @njit(parallel=True, nogil=True, cache=True)
@@ -125,4 +134,4 @@ def _compile() -> tuple:
             total += np.float64(a[i]) * np.float64(b[i])
         return total
 
-    return middle, transposed, dot
+    return _Kernels(middle, transposed, dot)
