@@ -45,14 +45,21 @@ def validate_recipe(recipe: Recipe) -> MethodSpec:
             f"{_besides(needs)}, got {len(inputs)}"
         )
     if needs.max_models is not None and len(inputs) > needs.max_models:
+        counted = recipe.base_model and not needs.base
         raise RecipeError(
             f"method '{spec.name}' takes at most {needs.max_models} input model(s)"
             f"{_besides(needs)}, got {len(inputs)}"
+            + (
+                f" (it has no base model, so base {recipe.base_model} counts as one)"
+                if counted
+                else ""
+            )
         )
     if needs.data and not recipe.data:
         raise RecipeError(
             f"method '{spec.name}' needs data",
-            hint="set data: digits, or a path to an .npz with arrays x and y",
+            hint="give 'digits' or an .npz with an array x of inputs (--data on the command "
+            "line, Data in the window, data: in a recipe)",
         )
     bad = unknown_keys(spec, recipe.parameters)
     if bad:
@@ -239,6 +246,14 @@ def unused_settings(recipe: Recipe, spec: MethodSpec) -> list[str]:
             f"method '{name}' uses no base model: base_model {recipe.base_model} is not used"
             + (" (list it under models to average it in)" if needs.base_is_input else "")
         )
+    elif recipe.base_model and not needs.base and not needs.base_is_input:
+        first = same_file_key(input_entries(recipe, spec)[0].model)
+        role = "model A, the one B is aligned to" if spec.kind == "model" else "an input"
+        if first == same_file_key(recipe.base_model):
+            notes.append(
+                f"method '{name}' has no base model: base_model {recipe.base_model} is "
+                f"taken as its first input ({role})"
+            )
     if recipe.data and not (needs.data or needs.uses_data):
         notes.append(f"method '{name}' runs no data: data {recipe.data} is not used")
     if recipe.arch and not needs.arch:

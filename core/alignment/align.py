@@ -21,7 +21,14 @@ from core.alignment.weight_matching import matching_objective, weight_matching
 from core.architectures import Architecture, resolve_architecture
 from core.data import Dataset
 from core.data.fit import check_fits, forward_errors
+from core.errors import MergerError
 from core.jobs import Progress
+
+# Fewest examples BatchNorm statistics are re-estimated from (a variance needs two), and
+# below how many the result is called rough: batch statistics of a few dozen examples
+# swing by tens of percent.
+MIN_BN_EXAMPLES = 2
+FEW_BN_EXAMPLES = 100
 
 State = Mapping[str, torch.Tensor]
 
@@ -116,7 +123,12 @@ def align(
         f"architecture {architecture.name}: {len(spec.groups)} permutation group(s)",
         f"{measure} {before:.6g} → {after:.6g}",
     ]
-    if ending:
+    if not spec.groups:
+        notes.append(
+            "nothing to permute: the model has no hidden units between its input and "
+            "output, so B stays as it is"
+        )
+    elif ending:
         notes.append(ending)
     notes += data_notes
     return Alignment(
@@ -147,6 +159,14 @@ def repair_batchnorm(
     how many BN layers were updated (0 when there are none or no data)."""
     if data is None:
         return state, 0
+    if len(data) < MIN_BN_EXAMPLES:
+        raise MergerError(
+            f"BatchNorm statistics cannot be re-estimated from {len(data)} example(s): "
+            "they are a mean and a variance over the examples",
+            file=data.where,
+            hint="give more examples (a few hundred give steady statistics), or turn "
+            "Re-estimate BatchNorm off (reset_bn: false)",
+        )
     check_fits(data, arch.input_shape)
     model = arch.build(state)
     with forward_errors(data):

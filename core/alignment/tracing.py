@@ -321,7 +321,7 @@ class _Tracer:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             self.softmax(node, self.feature(node, node.args[0], what), dim, what)
         else:
-            raise self.refuse(node, f"function {what}", "this operation is not supported")
+            self.on_input_only(node, f"function {what}")
 
     def call_method(self, node: fx.Node) -> None:
         name = str(node.target)
@@ -340,7 +340,19 @@ class _Tracer:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             self.softmax(node, self.feature(node, node.args[0], what), dim, what)
         else:
-            raise self.refuse(node, what, "this operation is not supported")
+            self.on_input_only(node, what)
+
+    def on_input_only(self, node: fx.Node, what: str) -> None:
+        """An op we do not model may still read only tensors derived from the network's
+        input, whose axes are never permuted (preprocessing in forward: x.unsqueeze(1),
+        x.round(), x[:, None]); its result is input-derived too. Anything else is refused."""
+        sources = node.all_input_nodes
+        if sources and all(s in self.features and self.is_input(self.features[s]) for s in sources):
+            self.features[node] = _Feature(self.features[sources[0]].key)
+            return
+        raise self.refuse(
+            node, what, "this operation is not supported after the first permuted layer"
+        )
 
     def reduce(self, node: fx.Node, what: str) -> None:
         """Mean/sum/max over spatial dims (global pooling) keeps the channel axis."""

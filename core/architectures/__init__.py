@@ -5,7 +5,8 @@
 * None (or "" or "auto"): detect the family from the checkpoint's names and shapes, when
   exactly one fits;
 * a family name, optionally with an option after a colon: `mlp`, `mlp:gelu`, `vgg`,
-  `resnet20`, `resnet18`, `resnet50`;
+  `vgg:no-last-pool`, `resnet20`, `resnet18` (also `resnet34`), `resnet50` (also
+  `resnet101`, `resnet152`);
 * `path/to/model.py:factory`: import that file, call `factory()` for an `nn.Module`, load
   the checkpoint into it strictly, trace its spec with torch.fx and self-test it.
 
@@ -37,6 +38,8 @@ from core.errors import MergerError
 FAMILIES: dict[str, Family] = {
     family.name: family for family in (mlp.FAMILY, vgg.FAMILY, RESNET20, RESNET18, RESNET50)
 }
+# torchvision's other depths share their family's blocks and names
+ALIASES = {"resnet34": "resnet18", "resnet101": "resnet50", "resnet152": "resnet50"}
 
 __all__ = [
     "FAMILIES",
@@ -124,13 +127,18 @@ def _resolve(
             hint="pick another architecture, leave it to be detected, or give the model's "
             f"code as path/to/model.py:factory {WHERE}",
         )
+    chosen = bool(option)
     option = option or (family.options[0] if family.options else "")
+    input_notes: list[str] = []
+    if input_shape is not None and family.for_input is not None:
+        option, input_notes = family.for_input(shapes, tuple(input_shape), option, chosen)
     spec = family.spec(shapes).infer_sizes(state)
 
     def build(weights: Mapping[str, torch.Tensor]) -> torch.nn.Module:
         return family.build(weights, option)
 
-    label = f"{name}:{option}" if option and option != family.options[0] else name
+    base = family.label(shapes) if family.label is not None else name
+    label = f"{base}:{option}" if option and option != family.options[0] else base
     notes = []
     if arch is None:
         notes.append(
@@ -138,6 +146,7 @@ def _resolve(
             f"{family.description}. A model with skip connections or other operations "
             f"needs its code: path/to/model.py:factory {WHERE}"
         )
+    notes += input_notes
     return Architecture(
         label, spec, build, family.input_shape(shapes), notes, detected=arch is None
     )
@@ -174,11 +183,11 @@ def _split(arch: str) -> tuple[str, str]:
             "builds the model",
             hint=f"add the function's name after a colon: {arch.strip()}:make_model",
         )
-    name = name.lower()
+    name = ALIASES.get(name.lower(), name.lower())
     if name not in FAMILIES:
         raise MergerError(
             f"unknown architecture '{arch}'",
-            hint=f"use one of {', '.join(FAMILIES)} or path/to/model.py:factory",
+            hint=f"use one of {', '.join([*FAMILIES, *ALIASES])} or path/to/model.py:factory",
         )
     family = FAMILIES[name]
     if option and option not in family.options:

@@ -62,7 +62,11 @@ class Family:
 
     `fits(shapes)` returns None when the checkpoint is one of this family's, otherwise a
     short reason why not (shown when nothing fits). `options` are the words accepted
-    after a colon, as in `mlp:gelu`; the first is the default.
+    after a colon, as in `mlp:gelu`; the first is the default. `label(shapes)` names the
+    model more precisely than the family where it can (a torchvision ResNet's depth).
+    `for_input(shapes, input_shape, option, chosen)` lets the data's example shape settle
+    what the weights cannot show (whether a VGG pools after its last conv): it returns
+    the option to use and notes to tell the user; `chosen` says the user named the option.
     """
 
     name: str
@@ -72,6 +76,8 @@ class Family:
     build: Callable[[State, str], nn.Module]
     input_shape: Callable[[Shapes], tuple[int, ...] | None]
     options: tuple[str, ...] = ()
+    label: Callable[[Shapes], str] | None = None
+    for_input: Callable[[Shapes, tuple[int, ...], str, bool], tuple[str, list[str]]] | None = None
 
 
 def shapes_of(state: State) -> dict[str, tuple[int, ...]]:

@@ -57,11 +57,12 @@ def load_custom(
         module = _import(path)
         model = _call_factory(module, factory_name, path)
     _load_strict(model, state, path)
-    example, guessed = _example_input(module, model, path, input_shape)
+    example, source = _example_input(module, model, path, input_shape)
+    guessed = source == "guess"
     spec = PermutationSpec({})
     notes = ["spec not traced (evaluation only)"]
     if trace:
-        spec = _traced_spec(model, state, example, guessed, path)
+        spec = _traced_spec(model, state, example, source, path)
         notes = [f"spec traced with torch.fx: {len(spec.groups)} permutation groups"]
     template = copy.deepcopy(model)
 
@@ -81,35 +82,39 @@ def load_custom(
 
 
 def _traced_spec(
-    model: nn.Module, state: State, example: torch.Tensor, guessed: bool, path: Path
+    model: nn.Module, state: State, example: torch.Tensor, source: str, path: Path
 ) -> PermutationSpec:
-    """The traced, self-tested spec; an error after a guessed input shape says so."""
+    """The traced, self-tested spec; its errors say where the input's shape came from
+    (`source`: "file", "data" or "guess") when the shape may be what is wrong."""
     try:
         spec = trace_spec(model, example).infer_sizes(state)
         spec.self_test(model, state, example)
     except MergerError as exc:
-        if not guessed or not _about_shapes(exc.message):
-            # an unsupported operation: the input's shape has nothing to do with it, and
-            # the model's file (not the checkpoint) is where to look
-            ties = _tied(model)
+        ties = _tied(model)
+        if ties and "changes the outputs" in exc.message:
             hint = (
                 f"{ties} are one tensor (tied weights): each name's units are permuted on "
                 "their own, which unties them; a permutation spec cannot follow ties "
                 "between layers"
-                if ties and "changes the outputs" in exc.message
-                else exc.hint
             )
-            raise MergerError(
-                exc.message, file=exc.file or path, tensor=exc.tensor, hint=hint
-            ) from exc
-        raise MergerError(
-            exc.message,
-            file=exc.file or path,
-            tensor=exc.tensor,
-            hint=f"the input shape {list(example.shape)} was guessed from the model's first "
-            f"layer; if the model takes another, define example_input = torch.randn(2, ...) "
-            f"in {path.name}",
-        ) from exc
+        elif source == "file" or not _about_shapes(exc.message):
+            # an unsupported operation: the input's shape has nothing to do with it, and
+            # the model's file (not the checkpoint) is where to look
+            hint = exc.hint
+        elif source == "data":
+            hint = (
+                f"the shape {list(example.shape[1:])} is the data's examples'; if the model "
+                "takes another (images N×C×H×W where the data is flat, e.g. digits: "
+                "x.reshape(-1, 1, 8, 8)), give data shaped for it, or define "
+                f"example_input = torch.randn(2, ...) in {path.name}"
+            )
+        else:
+            hint = (
+                f"the input shape {list(example.shape)} was guessed from the model's first "
+                "layer; if the model takes another, define example_input = "
+                f"torch.randn(2, ...) in {path.name}"
+            )
+        raise MergerError(exc.message, file=exc.file or path, tensor=exc.tensor, hint=hint) from exc
     return spec
 
 
@@ -171,7 +176,15 @@ def _call_factory(module: ModuleType, name: str, path: Path) -> nn.Module:
     try:
         model = factory()
     except (Exception, SystemExit) as exc:  # a script's sys.exit() must not end merger
-        raise MergerError(f"{name}() failed: {type(exc).__name__}: {exc}", file=path) from exc
+        arguments = isinstance(exc, TypeError) and "required" in str(exc) and "argument" in str(exc)
+        raise MergerError(
+            f"{name}() failed: {type(exc).__name__}: {exc}",
+            file=path,
+            hint=f"the factory is called with no arguments: add one to {path.name} that is, "
+            f"e.g. def make_model(): return {name}(...) with your values"
+            if arguments
+            else None,
+        ) from exc
     if not isinstance(model, nn.Module):
         raise MergerError(
             f"{name}() returned {type(model).__name__}, not a torch.nn.Module", file=path
@@ -192,8 +205,9 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path
 
 def _example_input(
     module: ModuleType, model: nn.Module, path: Path, data_shape: tuple[int, ...] | None
-) -> tuple[torch.Tensor, bool]:
-    """The example input for tracing, and whether it was guessed from the first layer.
+) -> tuple[torch.Tensor, str]:
+    """The example input for tracing, and where it came from: "file", "data", or "guess"
+    (from the first layer).
 
     The file's own `example_input` comes first, then the shape of the data the model is
     about to see (a model that reshapes flat inputs itself takes them as they are)."""
@@ -205,16 +219,16 @@ def _example_input(
     if given is not None:
         if not torch.is_tensor(given):
             raise MergerError("example_input must be a tensor (with a batch dim)", file=path)
-        return given, False
+        return given, "file"
     if data_shape is not None:
-        return torch.randn(2, *data_shape), False
+        return torch.randn(2, *data_shape), "data"
     for layer in model.modules():
         if isinstance(layer, nn.Linear):
-            return torch.randn(2, layer.in_features), True
+            return torch.randn(2, layer.in_features), "guess"
         if isinstance(layer, nn.Conv2d):
-            return torch.randn(2, layer.in_channels, 32, 32), True
+            return torch.randn(2, layer.in_channels, 32, 32), "guess"
         if isinstance(layer, nn.Conv1d):
-            return torch.randn(2, layer.in_channels, 32), True
+            return torch.randn(2, layer.in_channels, 32), "guess"
     raise MergerError(
         "cannot guess the model's input shape",
         file=path,

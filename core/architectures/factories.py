@@ -13,16 +13,8 @@ import torch
 
 from core.architectures.mlp import MLP
 from core.architectures.resnet import Naming, ResNet
-from core.architectures.resnet_families import CIFAR, TORCHVISION
+from core.architectures.resnet_families import CIFAR, TORCHVISION, TORCHVISION_DEPTHS
 from core.architectures.vgg import VGG
-
-_TORCHVISION_DEPTHS = {
-    18: ([2, 2, 2, 2], False),
-    34: ([3, 4, 6, 3], False),
-    50: ([3, 4, 6, 3], True),
-    101: ([3, 4, 23, 3], True),
-    152: ([3, 8, 36, 3], True),
-}
 
 
 def mlp_state(
@@ -98,9 +90,9 @@ def resnet_state(
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """torchvision ResNet-18/34/50/101/152 names and shapes; `width` is the stem width (64)."""
-    if depth not in _TORCHVISION_DEPTHS:
-        raise ValueError(f"depth must be one of {sorted(_TORCHVISION_DEPTHS)}, not {depth}")
-    layers, bottleneck = _TORCHVISION_DEPTHS[depth]
+    if depth not in TORCHVISION_DEPTHS:
+        raise ValueError(f"depth must be one of {sorted(TORCHVISION_DEPTHS)}, not {depth}")
+    layers, bottleneck = TORCHVISION_DEPTHS[depth]
     widths = [width, 2 * width, 4 * width, 8 * width]
     stem = 3 if cifar_stem else 7
     shapes = _resnet_shapes(TORCHVISION, layers, widths, bottleneck, stem, num_classes, True)

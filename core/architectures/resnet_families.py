@@ -111,7 +111,36 @@ def _family(name: str, description: str, namings: tuple[Naming, ...], bottleneck
         assert naming is not None
         return load_exact(ResNet(shapes, naming), state, name)
 
-    return Family(name, description, fits, spec, build, _input_shape)
+    def label(shapes: Shapes) -> str:
+        return _DEPTHS.get((bottleneck, _blocks_per_stage(shapes)), name)
+
+    torchvision = TORCHVISION in namings  # CIFAR ResNets' depths are their own
+    return Family(
+        name, description, fits, spec, build, _input_shape, label=label if torchvision else None
+    )
+
+
+# torchvision's depths: blocks per stage, and whether they are bottlenecks
+TORCHVISION_DEPTHS = {
+    18: ((2, 2, 2, 2), False),
+    34: ((3, 4, 6, 3), False),
+    50: ((3, 4, 6, 3), True),
+    101: ((3, 4, 23, 3), True),
+    152: ((3, 8, 36, 3), True),
+}
+# the same, looked up by (bottleneck, blocks per stage); other counts keep the family name
+_DEPTHS = {(neck, layers): f"resnet{depth}" for depth, (layers, neck) in TORCHVISION_DEPTHS.items()}
+
+
+def _blocks_per_stage(shapes: Shapes) -> tuple[int, ...]:
+    """How many blocks each stage has, from the `layerS.B.conv1.weight` names."""
+    counts: dict[int, int] = {}
+    for name in shapes:
+        match = re.fullmatch(r"layer(\d+)\.(\d+)\.conv1\.weight", name)
+        if match:
+            stage, block = int(match[1]), int(match[2])
+            counts[stage] = max(counts.get(stage, 0), block + 1)
+    return tuple(counts[s] for s in sorted(counts))
 
 
 RESNET20 = _family(

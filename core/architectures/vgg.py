@@ -2,8 +2,10 @@
 and `classifier.N` (Linear layers with ReLU and dropout between).
 
 Where the pools sit is read from the gaps in the indices: after a conv come its BN (if
-any) and a ReLU; one more free index before the next conv is a max-pool. The last conv
-is always followed by a pool, as in torchvision. The first Linear layer's inputs are the
+any) and a ReLU; one more free index before the next conv is a max-pool. After the last
+conv the weights cannot tell: torchvision pools there (option `last-pool`, the default),
+other code may not (`no-last-pool`). Given the data's image size, `for_input` picks the
+one that brings the classifier exactly the spatial size it takes. The first Linear layer's inputs are the
 last conv's C channels times S = s·s spatial positions (flattened channel-major), so its
 input axis is a blocked axis of the last conv's group (`PermutationSpec.blocks`); an
 adaptive average pool to s×s before flattening makes any input size work.
@@ -130,12 +132,16 @@ def spec(shapes: Shapes) -> PermutationSpec:
     return PermutationSpec(groups, blocks=blocks, activations=activations)
 
 
+OPTIONS = ("last-pool", "no-last-pool")
+
+
 class VGG(nn.Module):
     """features → adaptive average pool to s×s → flatten → classifier, under torchvision names."""
 
-    def __init__(self, shapes: Shapes) -> None:
+    def __init__(self, shapes: Shapes, last_pool: bool = True) -> None:
         super().__init__()
         layout = _checked(shapes)
+        layout[-1] = (*layout[-1][:2], last_pool)
         self.features = nn.Sequential()
         for index, bn, pool in layout:
             out_ch, in_ch, kh, kw = shapes[f"features.{index}.weight"]
@@ -154,19 +160,19 @@ class VGG(nn.Module):
                 parts.append(nn.MaxPool2d(2, 2))
             for offset, part in enumerate(parts):
                 self.features.add_module(str(index + offset), part)
-        last = shapes[f"features.{layout[-1][0]}.weight"][0]
-        head_shapes = _classifier_shapes(shapes)
-        chain = mlp.layer_chain(head_shapes)
-        side = math.isqrt(shapes[f"{chain[0]}.weight"][1] // last)
+        side = _classifier_side(shapes)
         self.avgpool = nn.AdaptiveAvgPool2d((side, side))
         self.classifier = nn.Module()
         self.linears: list[nn.Linear] = []
-        for name in chain:
+        for name in mlp.layer_chain(_classifier_shapes(shapes)):
             out_f, in_f = shapes[f"{name}.weight"]
             self.linears.append(
                 attach(self, name, nn.Linear(in_f, out_f, bias=f"{name}.bias" in shapes))
             )
-        self.relus = [attach(self, _relu_after(name), nn.ReLU()) for name in chain[:-1]]
+        self.relus = [
+            attach(self, _relu_after(linear), nn.ReLU())
+            for linear in mlp.layer_chain(_classifier_shapes(shapes))[:-1]
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x)).flatten(1)
@@ -176,25 +182,70 @@ class VGG(nn.Module):
 
 
 def build(state: State, option: str = "") -> nn.Module:
-    return load_exact(VGG({k: tuple(v.shape) for k, v in state.items()}), state, "vgg")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    return load_exact(VGG(shapes, last_pool=option != "no-last-pool"), state, "vgg")
+
+
+def _classifier_side(shapes: Shapes) -> int:
+    """s: the first Linear layer takes the last conv's channels at s×s positions."""
+    last = shapes[f"features.{_checked(shapes)[-1][0]}.weight"][0]
+    first = shapes[f"{mlp.layer_chain(_classifier_shapes(shapes))[0]}.weight"]
+    return math.isqrt(first[1] // last)
 
 
 def input_shape(shapes: Shapes) -> tuple[int, ...]:
     """(channels, size, size) with size = s · 2^pools, e.g. 32 for CIFAR VGGs, 224 for ImageNet."""
     layout = _checked(shapes)
     channels = shapes[f"features.{layout[0][0]}.weight"][1]
-    last = shapes[f"features.{layout[-1][0]}.weight"][0]
-    first = shapes[f"{mlp.layer_chain(_classifier_shapes(shapes))[0]}.weight"]
-    side = math.isqrt(first[1] // last) * 2 ** sum(pool for _, _, pool in layout)
+    side = _classifier_side(shapes) * 2 ** sum(pool for _, _, pool in layout)
     return (channels, side, side)
+
+
+def for_input(
+    shapes: Shapes, example: tuple[int, ...], option: str, chosen: bool
+) -> tuple[str, list[str]]:
+    """The pooling after the last conv that brings images of the data's size to the
+    classifier at exactly the s×s it takes (unless the user chose), and a warning where
+    the adaptive pool would have to stretch a smaller map: values repeated, not a
+    forward pass the model was trained with."""
+    if len(example) != 3:
+        return option, []
+    height, width = example[1:]
+    side = _classifier_side(shapes)
+    pools = sum(pool for _, _, pool in _checked(shapes)[:-1])
+
+    def reach(last_pool: bool) -> tuple[int, int]:
+        return height >> (pools + last_pool), width >> (pools + last_pool)
+
+    notes = []
+    if not chosen and reach(True) != (side, side) and reach(False) == (side, side):
+        option = "no-last-pool"
+        notes.append(
+            f"the data's {height}×{width} images reach the classifier at the {side}×{side} "
+            "its first Linear layer takes only without a max-pool after the last conv, so "
+            "none is assumed there (vgg:no-last-pool; vgg:last-pool to have one)"
+        )
+    got = reach(option != "no-last-pool")
+    if got[0] < side or got[1] < side:
+        notes.append(
+            f"the data's {height}×{width} images reach the classifier at {got[0]}×{got[1]}, "
+            f"smaller than the {side}×{side} its first Linear layer takes: the adaptive "
+            "pool repeats values to fill it, so the model probably does not run as trained. "
+            "Check the architecture (its pools; vgg:no-last-pool) or give images of the size "
+            "it was trained on"
+        )
+    return option, notes
 
 
 FAMILY = Family(
     name="vgg",
-    description="VGG-style CNN: features.N conv3x3 [+BatchNorm] + ReLU with max-pools, "
-    "then classifier.N Linear layers (torchvision names)",
+    description="VGG-style CNN: features.N conv3x3 [+BatchNorm] + ReLU with max-pools "
+    "(one after the last conv, as in torchvision; vgg:no-last-pool for none), then "
+    "classifier.N Linear layers (torchvision names)",
     fits=fits,
     spec=spec,
     build=build,
     input_shape=input_shape,
+    options=OPTIONS,
+    for_input=for_input,
 )

@@ -195,5 +195,6 @@ def cmd_align(args: argparse.Namespace) -> int:
         same = "same function as B"
         if result.arch.detected:  # only as true as the detected forward pass
             same += f" if the model is the detected {result.arch.name}"
-        print(f"wrote {args.output}: B permuted to match A ({same})")
+        done = "B permuted to match A" if result.arch.spec.groups else "B as it is"
+        print(f"wrote {args.output}: {done} ({same})")
     return 0

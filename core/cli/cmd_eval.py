@@ -44,6 +44,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows + [{"error": message} for message in failed])
     elif rows:
+        # what was assumed about the models (a detected family, a VGG's pools), once each
+        for note in dict.fromkeys(note for row in rows for note in row["notes"]):
+            print(f"note: {note}")
         _print_table(rows, data)
     for message in failed:
         print(f"merger: error: {message}", file=sys.stderr)
@@ -58,7 +61,13 @@ def _evaluate_one(path: str, arch_name: str | None, data) -> dict:
     )
     check_fits(data, arch.input_shape)
     scores = evaluate(arch.build(state), data)
-    return {"model": path, "architecture": arch.name, "detected": arch.detected, **scores}
+    return {
+        "model": path,
+        "architecture": arch.name,
+        "detected": arch.detected,
+        **scores,
+        "notes": arch.notes,
+    }
 
 
 def _print_table(rows: list[dict], data) -> None:
@@ -69,7 +78,7 @@ def _print_table(rows: list[dict], data) -> None:
     arch_width = max(len("architecture"), *map(len, archs))
     print(
         f"{'model':<{width}}  {'architecture':<{arch_width}}  {'loss':>8}  {'accuracy':>8}   "
-        f"({data.name}, {len(data)} examples)"
+        f"({data.name}, {len(data)} example{'s' if len(data) != 1 else ''})"
     )
     for r, arch in zip(rows, archs, strict=True):
         print(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from core.alignment.align import align, interpolate, repair_batchnorm
+from core.alignment.align import FEW_BN_EXAMPLES, align, interpolate, repair_batchnorm
 from core.data import load_dataset
 from core.methods.registry import MethodSpec, Needs, Param
 
@@ -66,24 +66,46 @@ def _merge(ctx, method: str) -> dict[str, torch.Tensor]:
     lam = float(ctx.params["lambda"])
     merged = interpolate(state_a, result.aligned_b, lam)
     notes = list(result.notes)
-    if ctx.params["reset_bn"] and lam in (0.0, 1.0):
-        if data is not None and _has_batchnorm(merged):
+    reset, has_bn, used = ctx.params["reset_bn"], _has_batchnorm(merged), False
+    if reset and lam in (0.0, 1.0):
+        if data is not None and has_bn:
             notes.append(
                 f"kept BatchNorm statistics: at lambda {lam:g} the output is model "
                 f"{'B aligned' if lam else 'A'}, whose statistics are already right"
             )
-    elif ctx.params["reset_bn"] and data is None and _has_batchnorm(merged):
+    elif reset and data is None and has_bn:
         notes.append(
             "BatchNorm statistics are interpolated, not re-estimated: no data was given "
             "(interpolated statistics can cost much accuracy; give data, --data or Data "
             "in the window, to re-estimate them)"
         )
-    elif ctx.params["reset_bn"]:
+    elif reset and data is not None:
         merged, count = repair_batchnorm(result.arch, merged, data)
-        if count:
-            notes.append(f"re-estimated BatchNorm statistics of {count} layer(s) on {data.name}")
+        used = count > 0
+        if used:
+            how_many = _examples(len(data))
+            if len(data) < FEW_BN_EXAMPLES:
+                how_many += ": few, so the statistics are rough; a few hundred give steadier ones"
+            notes.append(
+                f"re-estimated BatchNorm statistics of {count} layer(s) on {data.name} ({how_many})"
+            )
+    if method == "weight" and data is not None and not used:
+        why = (
+            "the models have no BatchNorm statistics to re-estimate"
+            if not has_bn
+            else "reset_bn is off"
+            if not reset
+            else f"at lambda {lam:g} the statistics are kept"
+        )
+        notes.append(
+            f"data {data.name} is not used for the merge: weight matching needs none, and {why}"
+        )
     ctx.notes.extend(notes)
     return merged
+
+
+def _examples(count: int) -> str:
+    return f"{count} example{'s' if count != 1 else ''}"
 
 
 def _has_batchnorm(state: dict[str, torch.Tensor]) -> bool:

@@ -269,7 +269,23 @@ def test_lambda_one_is_b_aligned_with_its_own_batchnorm_statistics(tmp_path, cap
     assert main([*common, "--set", "lambda=1", "-o", str(tmp_path / "one.safetensors")]) == 0
     assert "kept BatchNorm statistics" in capsys.readouterr().out
     assert main([*common, "--set", "lambda=0.5", "-o", str(tmp_path / "half.safetensors")]) == 0
-    assert "re-estimated BatchNorm statistics" in capsys.readouterr().out
+    assert "(64 examples: few, so the statistics are rough" in capsys.readouterr().out
+    off = [
+        "--set",
+        "lambda=0.5",
+        "--set",
+        "reset_bn=false",
+        "-o",
+        str(tmp_path / "off.safetensors"),
+    ]
+    assert main([*common, *off]) == 0
+    assert f"data {data.stem} is not used for the merge" in capsys.readouterr().out
+    one_example = tmp_path / "one.npz"
+    np.savez(one_example, x=rng.normal(size=(1, 3, 32, 32)).astype("float32"))
+    single = [*common[:-3], "--data", str(one_example), "-o", str(tmp_path / "single.safetensors")]
+    assert main(single) == 1
+    assert "cannot be re-estimated from 1 example(s)" in capsys.readouterr().err
+    assert not (tmp_path / "single.safetensors").exists()
     one, want = state(tmp_path / "one.safetensors"), state(aligned)
     assert one.keys() == want.keys()
     for k in want:
@@ -405,3 +421,9 @@ def test_options_the_matching_does_not_read_are_noted(demo, tmp_path, capsys):
     plain = ["align", a_path, b_path, "-o", str(tmp_path / "p.safetensors"), "--quiet"]
     assert main(plain) == 0
     assert "not used" not in capsys.readouterr().out
+    merge = ["merge", "--method", "weight_matching", a_path, b_path, "--data", "digits"]
+    assert main([*merge, "-o", str(tmp_path / "m.safetensors"), "--quiet"]) == 0
+    assert (
+        "data digits is not used for the merge: weight matching needs none, and the "
+        "models have no BatchNorm statistics"
+    ) in capsys.readouterr().out

@@ -193,7 +193,9 @@ def test_eval_says_which_architecture_ran_and_keeps_the_rows_that_worked(demo, t
     args = ["eval", str(demo.base), str(broken), str(demo.models["0-4"]), "--data", str(demo.data)]
     assert main(args) == 1
     captured = capsys.readouterr()
-    header, *rows = captured.out.strip().splitlines()
+    notes = [line for line in captured.out.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "architecture mlp detected" in notes[0]  # once, not per row
+    header, *rows = [line for line in captured.out.strip().splitlines() if line not in notes]
     assert header.split()[:4] == ["model", "architecture", "loss", "accuracy"]
     assert [r.split()[0] for r in rows] == [str(demo.base), str(demo.models["0-4"])]
     assert all(r.split()[1:3] == ["mlp", "(detected)"] for r in rows)

@@ -20,9 +20,13 @@ def _params(state: dict[str, torch.Tensor]) -> int:
     [(18, "resnet18", 11_689_512), (34, "resnet18", 21_797_672), (50, "resnet50", 25_557_032)],
 )
 def test_torchvision_resnets_have_torchvisions_parameter_counts(depth, family, count):
+    """Each depth is named as such, and under its alias resolves to its family's blocks."""
     state = resnet_state(depth)
     assert _params(state) == count
-    assert resolve_architecture(None, state).name == family
+    assert resolve_architecture(None, state).name == f"resnet{depth}"
+    assert resolve_architecture(f"resnet{depth}", state).spec.groups.keys() == (
+        resolve_architecture(family, state).spec.groups.keys()
+    )
     # bottlenecks widen layer1 to 256 channels, so only ResNet-50 projects there
     assert ("layer1.0.downsample.0.weight" in state) == (depth == 50)
 

@@ -123,10 +123,10 @@ CASES = {
         layers=[3, 3, 3], widths=[16, 32, 64], bottleneck=False, stem=3, short="shortcut"
     ),
 }
-FAMILY_OF = {
+FAMILY_OF = {  # the name each is reported as: a torchvision ResNet's depth, else its family
     "resnet18": "resnet18",
     "resnet18-cifar-stem": "resnet18",
-    "resnet34": "resnet18",
+    "resnet34": "resnet34",
     "resnet50": "resnet50",
     "resnet20-ln": "resnet20",
     "resnet20-bn": "resnet20",

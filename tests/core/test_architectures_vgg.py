@@ -75,3 +75,25 @@ def test_a_conv_followed_by_unknown_layers_is_not_a_vgg():
     state = {k.replace("features.3.", "features.6."): v for k, v in state.items()}
     with pytest.raises(MergerError, match="followed by 5 layers"):
         resolve_architecture("vgg", state)
+
+
+def test_the_datas_image_size_tells_whether_the_last_conv_pools():
+    """The weights cannot show a pool after the last conv; images of the data's size can:
+    the layout that brings the classifier its s×s exactly is run as the reference is.
+    A named option is kept, and a map the adaptive pool must stretch is warned about."""
+    torch.manual_seed(0)
+    ref = _RefVGG([8, "M", 16], bn=True, side=2)  # no pool after the last conv
+    state = randomized_state(ref)
+    x = torch.randn(3, 3, 4, 4)  # 4 -> 2 after the one pool: the classifier's 2×2
+    arch = resolve_architecture(None, state, input_shape=(3, 4, 4))
+    assert arch.name == "vgg:no-last-pool"
+    assert any("only without a max-pool after the last conv" in n for n in arch.notes)
+    assert torch.allclose(arch.build(state)(x), ref(x), atol=1e-6)
+    assert arch.spec.self_test(arch.build, state, x) < 1e-10
+    pooled = resolve_architecture("vgg:last-pool", state, input_shape=(3, 4, 4))
+    assert pooled.name == "vgg"
+    assert any("the adaptive pool repeats values" in n for n in pooled.notes)
+    assert not torch.allclose(pooled.build(state)(x), ref(x), atol=1e-3)
+    # torchvision's layout on its own image size: the default, with nothing to say
+    torchvision = resolve_architecture(None, state, input_shape=(3, 8, 8))
+    assert torchvision.name == "vgg" and len(torchvision.notes) == 1  # the detection note

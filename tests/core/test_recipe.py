@@ -190,10 +190,17 @@ def test_settings_a_method_ignores_are_noted():
 
 
 def test_a_method_without_a_base_takes_a_listed_base_as_an_input():
-    """`merger merge --method weight_matching --base A B` meant A and B, not B alone."""
+    """`merger merge --method weight_matching --base A B` meant A and B, not B alone:
+    A is the reference, and the note says so. A third model is refused, saying why."""
     recipe = Recipe.from_yaml("merge_method: weight_matching\nbase_model: a\nmodels: [a, b]")
     validate_recipe(recipe)  # two inputs, not one
-    assert notes_for("merge_method: weight_matching\nbase_model: a\nmodels: [a, b]") == []
+    (note,) = notes_for("merge_method: weight_matching\nbase_model: a\nmodels: [a, b]")
+    assert "base_model a is taken as its first input (model A" in note
+    assert notes_for("merge_method: weight_matching\nbase_model: b\nmodels: [a, b]") == []
+    with pytest.raises(RecipeError, match="base c counts as one"):
+        validate_recipe(
+            Recipe.from_yaml("merge_method: weight_matching\nbase_model: c\nmodels: [c, a, b]")
+        )
 
 
 def test_mergekits_slerp_example_with_whole_model_slices_runs_as_models(tmp_path):

@@ -258,3 +258,24 @@ def test_elementwise_ops_pass_their_permutation_through(op):
     spec, diff = _traced_self_test(_Between(op), torch.randn(5, 4))
     assert diff < 1e-10
     assert set(spec.groups) == {"P_a"}
+
+
+class _Preprocessed(nn.Module):
+    """Ops the tracer does not model, but on the raw input only (never permuted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv1d(1, 5, 3, padding=1), nn.Linear(5 * 8, 3)
+
+    def forward(self, x):
+        x = (x * 4).round()[:, None].unsqueeze(-1).squeeze(-1)  # (N, 8) -> (N, 1, 8)
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_any_op_on_the_raw_input_is_preprocessing():
+    """round, indexing and unsqueeze act before the first layer: the spec is the conv's
+    group alone, and it keeps the network's function."""
+    torch.manual_seed(0)
+    spec, diff = _traced_self_test(_Preprocessed(), torch.randn(4, 8))
+    assert diff < 1e-10
+    assert set(spec.groups) == {"P_conv"}

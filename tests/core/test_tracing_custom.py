@@ -364,6 +364,35 @@ def test_tied_weights_that_break_the_self_test_are_named(tmp_path):
     )
     torch.manual_seed(0)
     state = {k: v.clone() for k, v in _load_net(path).state_dict().items()}
+    for shape in ((6,), None):  # the data's shape or a guessed one: the tie is the cause
+        with pytest.raises(MergerError) as info:
+            resolve_architecture(f"{path}:make", state, input_shape=shape)
+        assert "b.weight and c.weight are one tensor (tied weights)" in str(info.value)
+
+
+def test_flat_data_for_an_image_model_and_a_factory_with_arguments_say_what_to_do(tmp_path):
+    """The data's example shape is named as the data's (digits are flat: reshape them),
+    and a factory that wants arguments is told it is called with none."""
+    path = tmp_path / "convnet.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            def make():
+                return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
+                                     nn.Linear(4 * 6 * 6, 10))
+
+            def sized(width, depth):
+                return make()
+            """
+        )
+    )
+    torch.manual_seed(0)
+    state = {k: v.clone() for k, v in _load_net(path).state_dict().items()}
     with pytest.raises(MergerError) as info:
-        resolve_architecture(f"{path}:make", state, input_shape=(6,))
-    assert "b.weight and c.weight are one tensor (tied weights)" in str(info.value)
+        resolve_architecture(f"{path}:make", state, input_shape=(64,))
+    assert "the shape [64] is the data's examples'" in str(info.value)
+    assert "x.reshape(-1, 1, 8, 8)" in str(info.value)
+    with pytest.raises(MergerError, match=r"called with no arguments: add one to convnet\.py"):
+        resolve_architecture(f"{path}:sized", state)
