@@ -68,6 +68,16 @@ def run() -> None:
     # moment to unload) must not kill the process with a signal instead of its code.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    if code >= 128:
+        # Cancelled: the command has removed its partial outputs. A worker thread may
+        # still be inside a torch call; the interpreter's shutdown would then destroy
+        # torch's thread pool under it (seen as "terminate called without an active
+        # exception" and SIGABRT instead of the exit code), so leave without one.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        import os
+
+        os._exit(code)
     sys.exit(code)
 
 
