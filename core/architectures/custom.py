@@ -60,7 +60,7 @@ def load_custom(
     example, source = _example_input(module, model, path, input_shape)
     guessed = source == "guess"
     spec = PermutationSpec({})
-    notes = ["spec not traced (evaluation only)"]
+    notes = []  # evaluation only builds the model: nothing about a spec to tell
     if trace:
         spec = _traced_spec(model, state, example, source, path)
         notes = [f"spec traced with torch.fx: {len(spec.groups)} permutation groups"]

@@ -164,15 +164,13 @@ class VGG(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((side, side))
         self.classifier = nn.Module()
         self.linears: list[nn.Linear] = []
-        for name in mlp.layer_chain(_classifier_shapes(shapes)):
+        chain = mlp.layer_chain(_classifier_shapes(shapes))
+        for name in chain:
             out_f, in_f = shapes[f"{name}.weight"]
             self.linears.append(
                 attach(self, name, nn.Linear(in_f, out_f, bias=f"{name}.bias" in shapes))
             )
-        self.relus = [
-            attach(self, _relu_after(linear), nn.ReLU())
-            for linear in mlp.layer_chain(_classifier_shapes(shapes))[:-1]
-        ]
+        self.relus = [attach(self, _relu_after(name), nn.ReLU()) for name in chain[:-1]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x)).flatten(1)

@@ -66,7 +66,7 @@ def _merge(ctx, method: str) -> dict[str, torch.Tensor]:
     lam = float(ctx.params["lambda"])
     merged = interpolate(state_a, result.aligned_b, lam)
     notes = list(result.notes)
-    reset, has_bn, used = ctx.params["reset_bn"], _has_batchnorm(merged), False
+    reset, has_bn = ctx.params["reset_bn"], _has_batchnorm(merged)
     if reset and lam in (0.0, 1.0):
         if data is not None and has_bn:
             notes.append(
@@ -81,22 +81,17 @@ def _merge(ctx, method: str) -> dict[str, torch.Tensor]:
         )
     elif reset and data is not None:
         merged, count = repair_batchnorm(result.arch, merged, data)
-        used = count > 0
-        if used:
+        if count:
             how_many = _examples(len(data))
             if len(data) < FEW_BN_EXAMPLES:
                 how_many += ": few, so the statistics are rough; a few hundred give steadier ones"
             notes.append(
                 f"re-estimated BatchNorm statistics of {count} layer(s) on {data.name} ({how_many})"
             )
-    if method == "weight" and data is not None and not used:
-        why = (
-            "the models have no BatchNorm statistics to re-estimate"
-            if not has_bn
-            else "reset_bn is off"
-            if not reset
-            else f"at lambda {lam:g} the statistics are kept"
-        )
+    if method == "weight" and data is not None and not (has_bn and reset):
+        # (with BatchNorm and reset_bn on, the data re-estimated the statistics, or at
+        # λ 0 or 1 the note above says why they were kept)
+        why = "the models have no BatchNorm statistics" if not has_bn else "reset_bn is off"
         notes.append(
             f"data {data.name} is not used for the merge: weight matching needs none, and {why}"
         )
