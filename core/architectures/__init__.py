@@ -25,6 +25,8 @@ Families (details and parameter names in each module):
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -61,12 +63,85 @@ def detect_family(shapes: Shapes) -> str:
             f"the checkpoint fits several architectures: {', '.join(fitting)}",
             hint=f"pick one of {', '.join(fitting)} as the architecture {WHERE}",
         )
+    _refuse_strays(shapes, FAMILIES)
     reasons = "; ".join(f"{name}: {FAMILIES[name].fits(shapes)}" for name in FAMILIES)
     raise MergerError(
         f"no built-in architecture fits the checkpoint ({reasons})",
         hint="name the architecture, or give your model's code as path/to/model.py:factory "
         f"{WHERE}",
     )
+
+
+# Tensors left out to find a fitting family hold at most this share of the values.
+_STRAY_FRACTION = 0.01
+
+
+def _refuse_strays(shapes: Shapes, families: Mapping[str, Family]) -> None:
+    """Raise the error naming the tensors beside the network, if leaving them out makes
+    exactly one of `families` fit; else return (the caller explains)."""
+    stray = _fits_without_strays(shapes, families)
+    if stray is None:
+        return
+    name, extra = stray
+    subject = (
+        "no built-in architecture fits the checkpoint as a whole"
+        if len(families) > 1
+        else f"the checkpoint is not a '{name}' model as a whole"
+    )
+    raise MergerError(
+        f"{subject}: the network's tensors would fit '{name}', but it also holds {_listed(extra)}",
+        tensor=extra[0],
+        hint=f"if {'that tensor is' if len(extra) == 1 else 'those tensors are'} not "
+        "part of the network (a loss function's weights, a metric's state), save the "
+        "network's weights alone (for a LightningModule, "
+        "torch.save(module.model.state_dict(), 'net.pt')); or give your model's code as "
+        f"path/to/model.py:factory {WHERE}",
+    )
+
+
+def _fits_without_strays(
+    shapes: Shapes, families: Mapping[str, Family]
+) -> tuple[str, list[str]] | None:
+    """The one family the checkpoint fits once the tensors under one or two top-level
+    names are left out, and those tensors; None if no such family or several.
+
+    Training checkpoints (Lightning's above all) carry modules beside the network, such as
+    a weighted loss's `criterion.weight`; naming them beats five families' reasons."""
+    prefixes = sorted({name.split(".", 1)[0] for name in shapes})
+    if len(prefixes) < 2:
+        return None
+    total = sum(math.prod(shape) for shape in shapes.values())
+    found: dict[str, list[str]] = {}
+    for size in (1, 2):
+        for dropped in itertools.combinations(prefixes, size):
+            extra = [n for n in shapes if n.split(".", 1)[0] in dropped]
+            if sum(math.prod(shapes[n]) for n in extra) > _STRAY_FRACTION * total:
+                continue  # a part of the network, not a stray: its own reason says more
+            rest = _without_common_prefix(
+                {n: v for n, v in shapes.items() if n.split(".", 1)[0] not in dropped}
+            )
+            for name, family in families.items():
+                if name not in found and family.fits(rest) is None:
+                    found[name] = extra
+        if found:
+            break
+    return next(iter(found.items())) if len(found) == 1 else None
+
+
+def _without_common_prefix(shapes: Shapes) -> Shapes:
+    """The names without a first part they all share (a wrapper's attribute, such as a
+    LightningModule's `model.` beside its `criterion.`), else as they are."""
+    heads = {name.split(".", 1)[0] for name in shapes}
+    if len(heads) != 1 or any("." not in name for name in shapes):
+        return shapes
+    return {name.split(".", 1)[1]: shape for name, shape in shapes.items()}
+
+
+def _listed(names: list[str], most: int = 3) -> str:
+    quoted = [f"'{n}'" for n in names[:most]]
+    if len(names) > most:
+        return f"{', '.join(quoted)} and {len(names) - most} more"
+    return " and ".join(quoted) if len(quoted) < 3 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
 
 
 def resolve_architecture(
@@ -122,6 +197,7 @@ def _resolve(
     family = FAMILIES[name]
     reason = family.fits(shapes)
     if reason is not None:
+        _refuse_strays(shapes, {name: family})
         raise MergerError(
             f"the checkpoint is not a '{name}' model: {reason}",
             hint="pick another architecture, leave it to be detected, or give the model's "

@@ -112,12 +112,15 @@ def _family(name: str, description: str, namings: tuple[Naming, ...], bottleneck
         return load_exact(ResNet(shapes, naming), state, name)
 
     def label(shapes: Shapes) -> str:
-        return _DEPTHS.get((bottleneck, _blocks_per_stage(shapes)), name)
+        blocks = _blocks_per_stage(shapes)
+        if TORCHVISION in namings:
+            return _DEPTHS.get((bottleneck, blocks), name)
+        # CIFAR ResNets are named by depth, 2 + 2 per basic block: a kuangliu-style
+        # ResNet-18 (4 stages of 2 blocks) is this family's network, not a ResNet-20
+        depth = 2 + 2 * sum(blocks)
+        return name if f"resnet{depth}" == name else f"{name} (CIFAR ResNet-{depth})"
 
-    torchvision = TORCHVISION in namings  # CIFAR ResNets' depths are their own
-    return Family(
-        name, description, fits, spec, build, _input_shape, label=label if torchvision else None
-    )
+    return Family(name, description, fits, spec, build, _input_shape, label=label)
 
 
 # torchvision's depths: blocks per stage, and whether they are bottlenecks

@@ -64,3 +64,41 @@ def test_unsupported_variant_gets_a_merger_error_not_a_torch_error():
 def test_auto_and_empty_mean_detect():
     state = {"fc1.weight": torch.randn(5, 4), "fc2.weight": torch.randn(2, 5)}
     assert resolve_architecture("auto", state).name == resolve_architecture("", state).name == "mlp"
+
+
+def _lightning_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LightningModule's state: its network under `model.`, a weighted loss beside it."""
+    out = {f"model.{name}": value for name, value in state.items()}
+    out["criterion.weight"] = torch.ones(10)
+    return out
+
+
+@pytest.mark.parametrize("arch", [None, "resnet20"])
+def test_tensors_beside_the_network_are_named_not_every_familys_reason(arch):
+    from core.architectures.factories import resnet20_state
+
+    with pytest.raises(MergerError) as info:
+        resolve_architecture(arch, _lightning_names(resnet20_state()))
+    err = info.value
+    assert err.tensor == "criterion.weight"
+    assert "tensors would fit 'resnet20', but it also holds 'criterion.weight'" in err.message
+    assert "model.state_dict()" in err.hint
+    assert "vgg:" not in str(err)  # not the list of every family's reason
+
+
+def test_two_stray_modules_are_both_named():
+    from core.architectures.factories import mlp_state
+
+    state = {**mlp_state([64, 32, 10]), "loss.pos_weight": torch.ones(10)}
+    state["metric.total"] = torch.zeros(())
+    with pytest.raises(MergerError, match="holds 'loss.pos_weight' and 'metric.total'"):
+        detect_family({k: tuple(v.shape) for k, v in state.items()})
+
+
+def test_a_large_part_that_does_not_fit_is_not_called_a_stray():
+    """Leaving out a layer whose shape breaks the chain would make a shorter MLP fit: that
+    is a reason of the network's own, so every family's reason is listed instead."""
+    shapes = {"fc1.weight": (32, 64), "fc2.weight": (16, 32), "fc3.weight": (10, 99)}
+    with pytest.raises(MergerError) as info:
+        detect_family(shapes)
+    assert "holds" not in info.value.message and "vgg:" in info.value.message

@@ -122,6 +122,25 @@ CASES = {
     "resnet20-bn-names-fc": dict(
         layers=[3, 3, 3], widths=[16, 32, 64], bottleneck=False, stem=3, short="shortcut"
     ),
+    # kuangliu/pytorch-cifar's ResNet18: the CIFAR naming, 4 stages of 2 blocks
+    "cifar-resnet18-kuangliu": dict(
+        layers=[2, 2, 2, 2],
+        widths=[8, 16, 32, 64],
+        bottleneck=False,
+        stem=3,
+        norm="bn",
+        short="shortcut",
+        head="linear",
+    ),
+    "resnet32-ln": dict(
+        layers=[5, 5, 5],
+        widths=[8, 16, 32],
+        bottleneck=False,
+        stem=3,
+        norm="norm",
+        short="shortcut",
+        ln=True,
+    ),
 }
 FAMILY_OF = {  # the name each is reported as: a torchvision ResNet's depth, else its family
     "resnet18": "resnet18",
@@ -132,6 +151,8 @@ FAMILY_OF = {  # the name each is reported as: a torchvision ResNet's depth, els
     "resnet20-bn": "resnet20",
     "resnet20-kuangliu": "resnet20",
     "resnet20-bn-names-fc": "resnet20",
+    "cifar-resnet18-kuangliu": "resnet20 (CIFAR ResNet-18)",
+    "resnet32-ln": "resnet20 (CIFAR ResNet-32)",
 }
 
 
