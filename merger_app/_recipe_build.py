@@ -8,6 +8,8 @@ filtered list `[{filter: "attn", value: 0.3}, {value: 0.5}]`.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,8 +178,32 @@ def merge_blockers(
 
     if needs.arch and (problem := architecture_problem(arch)):
         out.append(f"Architecture: {problem}.")
+    elif (
+        needs.arch
+        and inputs
+        and not any(r.problem for r in rows)
+        and (fit := _fit_problem(arch or "", inputs[0].path))
+    ):
+        out.append(f"{inputs[0].name}: {fit}")
     out.extend(f"{r.name} cannot be merged: {r.problem}" for r in rows if r.problem)
     return out
+
+
+def _fit_problem(arch: str, path: str) -> str | None:
+    """Whether model A fits the architecture (or one is detected), from its headers; asked
+    again only when the file changes, since the form asks on every edit."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None  # the row's own problem, or the merge's error, says why
+    return _fit_problem_cached(arch, path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _fit_problem_cached(arch: str, path: str, _mtime: int, _size: int) -> str | None:
+    from core.architectures import checkpoint_architecture_problem
+
+    return checkpoint_architecture_problem(arch or None, path)
 
 
 def rows_from_recipe(recipe: Recipe, spec: MethodSpec) -> list[tuple[str, str, dict[str, Any]]]:

@@ -35,6 +35,7 @@ import torch
 from core.architectures import mlp, vgg
 from core.architectures.base import WHERE, Architecture, Family, Shapes, State, shapes_of
 from core.architectures.resnet_families import RESNET18, RESNET20, RESNET50
+from core.checkpoints import open_checkpoint
 from core.errors import MergerError
 
 FAMILIES: dict[str, Family] = {
@@ -226,6 +227,28 @@ def _resolve(
     return Architecture(
         label, spec, build, family.input_shape(shapes), notes, detected=arch is None
     )
+
+
+def checkpoint_architecture_problem(arch: str | None, path: str | Path) -> str | None:
+    """Why the model at `path` is not (or is not detected as) a built-in `arch`, from its
+    names and shapes alone; None if it fits, for a user's model file (traced when run) and
+    for a checkpoint that cannot be opened (its own error says why).
+
+    So a form can say so before Merge, not after the weights are read."""
+    if (arch and _is_file_reference(arch)) or architecture_problem(arch):
+        return None
+    try:
+        with open_checkpoint(path) as ckpt:
+            state = {
+                i.name: torch.empty(i.shape, dtype=i.dtype, device="meta") for i in ckpt.infos()
+            }
+    except MergerError:
+        return None
+    try:
+        _resolve(arch, state, allow_code=False, need_spec=True)
+    except MergerError as exc:
+        return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+    return None
 
 
 def architecture_problem(arch: str | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,10 +133,10 @@ def test_failed_merge_shows_the_error_and_the_hint_keeps_saying_so(window, qtbot
     assert "failed" not in window.hint.text()
 
 
-def test_a_long_user_error_is_a_short_hint_and_a_box_without_details(window, qtbot, tmp_path):
-    """Auto-detection that fits no architecture lists every family's reason: the box
-    says it all without a traceback; the hint gives a short summary (the layout keeps
-    its place), the full message is in the hint's tooltip and in the log."""
+def test_a_model_no_architecture_fits_blocks_merge_with_the_reason(window, qtbot, tmp_path):
+    """Auto-detection is asked from model A's headers before Merge: a model no built-in
+    family fits keeps Merge off, and the hint says why (short, the whole reason, every
+    family's, in its tooltip); naming an architecture that fits clears it."""
     rng = np.random.default_rng(0)
     paths = [
         save_tiny(
@@ -145,17 +146,37 @@ def test_a_long_user_error_is_a_short_hint_and_a_box_without_details(window, qtb
     ]
     window.method.set_method("weight_matching")
     assert not window.add_models(paths)
+    assert not window.merge_button.isEnabled()
+    assert not window.merge()
+    hint = window.hint.text()
+    assert hint.startswith("⚠ odd0.safetensors: no built-in architecture fits")
+    assert hint.endswith("…") and len(hint) <= HINT_LIMIT
+    assert "resnet50:" in window.hint.toolTip() and "model.py:factory" in window.hint.toolTip()
+    window.method.set_method("linear")  # no architecture needed: nothing to detect
+    assert window.merge_button.isEnabled()
+
+
+def test_a_long_user_error_is_a_short_hint_and_a_box_without_details(window, qtbot, tmp_path):
+    """A user error at merge time (here a model deleted after it was added, under a long
+    name) shows in a box without a traceback; the hint gives a short summary (the layout
+    keeps its place), the full message is in the hint's tooltip and in the log."""
+    rng = np.random.default_rng(0)
+    long_name = "a_model_with_a_rather_long_descriptive_name_" * 3
+    paths = [
+        save_tiny(tmp_path / f"{long_name}{i}.safetensors", {"w": rng.random((4, 3), np.float32)})
+        for i in range(2)
+    ]
+    window.method.set_method("linear")
+    assert not window.add_models(paths)
+    Path(paths[1]).unlink()
     assert merge(window, qtbot) is None
     box = window.last_error
-    assert "no built-in architecture fits" in box.text() and "resnet" in box.text()
+    assert f"{long_name}1.safetensors" in box.text()
     assert box.detailedText() == ""
     box.close()
     hint = window.hint.text()
-    assert hint.startswith(
-        "⚠ The last merge with these settings failed: odd0.safetensors: "
-        "no built-in architecture fits"
-    )
-    assert hint.endswith("…") and len(hint) <= HINT_LIMIT and "resnet" not in hint
+    assert hint.startswith("⚠ The last merge with these settings failed: a_model_with_a")
+    assert hint.endswith("…") and len(hint) <= HINT_LIMIT
     assert box.text() in window.hint.toolTip()
     assert box.text() in window.jobs.log.toPlainText()
 

@@ -102,3 +102,21 @@ def test_a_large_part_that_does_not_fit_is_not_called_a_stray():
     with pytest.raises(MergerError) as info:
         detect_family(shapes)
     assert "holds" not in info.value.message and "vgg:" in info.value.message
+
+
+def test_a_checkpoints_fit_is_read_from_its_headers(tmp_path):
+    from safetensors.torch import save_file
+
+    from core.architectures import checkpoint_architecture_problem
+    from core.architectures.factories import mlp_state
+
+    good, odd = tmp_path / "mlp.safetensors", tmp_path / "odd.safetensors"
+    save_file(mlp_state([8, 6, 3]), str(good))
+    save_file({"a.weight": torch.zeros(4, 2, 3, 3, 3)}, str(odd))
+    assert checkpoint_architecture_problem(None, good) is None
+    assert checkpoint_architecture_problem("mlp", good) is None
+    assert "not a 'vgg' model" in checkpoint_architecture_problem("vgg", good)
+    assert "no built-in architecture fits" in checkpoint_architecture_problem("auto", odd)
+    # a user's model is traced when run, and an unreadable file has its own error
+    assert checkpoint_architecture_problem("net.py:make", odd) is None
+    assert checkpoint_architecture_problem(None, tmp_path / "missing.safetensors") is None
