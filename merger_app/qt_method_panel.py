@@ -31,7 +31,7 @@ from core.methods import REGISTRY
 from core.methods.registry import MethodSpec
 from core.recipe import DTYPES, Recipe
 from merger_app._recipe_build import PerTensor, split_value
-from merger_app.qt_param_form import QtParamForm
+from merger_app.qt_param_form import QtParamForm, let_shrink
 from merger_app.qt_per_tensor import QtPerTensorEditor
 
 AUTO_ARCH = "Detect from the checkpoint"
@@ -147,6 +147,14 @@ class QtMethodPanel(QWidget):
             "float64 where the models are float64"
         )
 
+        for combo in (
+            self.combo,
+            self.data_combo,
+            self.arch_combo,
+            self.out_dtype,
+            self.compute_dtype,
+        ):
+            let_shrink(combo)
         self._build_layout()
         self.combo.currentIndexChanged.connect(self._on_method)
         self.form.changed.connect(self.changed)
@@ -156,10 +164,19 @@ class QtMethodPanel(QWidget):
         for w in (self.data_combo, self.arch_combo, self.out_dtype, self.compute_dtype):
             w.currentTextChanged.connect(self.changed)
         self.compute_dtype.currentTextChanged.connect(self._name_same_dtype)
+        self.arch_combo.currentTextChanged.connect(self._show_auto_from_its_start)
+        self._show_auto_from_its_start(self.arch_combo.currentText())
         self.seed.valueChanged.connect(self.changed)
         self.data_browse.clicked.connect(self._browse_data)
         self.arch_browse.clicked.connect(self._browse_arch)
         self._on_method()
+
+    def _show_auto_from_its_start(self, text: str) -> None:
+        """A narrow field shows the end of its text (the file name of a path, as wanted);
+        the Auto entry reads from its start."""
+        edit = self.arch_combo.lineEdit()
+        if text == AUTO_ARCH and not edit.hasFocus():
+            edit.setCursorPosition(0)
 
     def _build_layout(self) -> None:
         top = QHBoxLayout()

@@ -30,6 +30,13 @@ def param_label(param: Param) -> str:
     return param.label or param.name.replace("_", " ").capitalize()
 
 
+def let_shrink(combo: QComboBox, chars: int = 12) -> None:
+    """Let a combo box be narrower than its longest item (its list still shows it whole),
+    so a narrow window wraps the method panel instead of cutting it off at the right."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+
+
 def make_editor(param: Param, parent: QWidget | None = None) -> QWidget:
     """The widget for one parameter, set to its default."""
     widget = make_number_editor(param, parent)
@@ -39,6 +46,7 @@ def make_editor(param: Param, parent: QWidget | None = None) -> QWidget:
         elif param.type == "choice":
             widget = QComboBox(parent)
             widget.addItems(list(param.choices))
+            let_shrink(widget)
         else:
             widget = QLineEdit(parent)
     widget.setToolTip(param.help)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PySide6.QtCore import QMimeData, Qt, QUrl
 from PySide6.QtGui import QImage, QKeySequence
+from PySide6.QtWidgets import QApplication
 
 from merger_app.qt_files import dropped_paths
 from merger_app.qt_main_window import QtMainWindow
@@ -92,6 +93,26 @@ def test_layout_fits_common_screens(window, tiny, qtbot, w, h):
         top_left = widget.mapTo(window, geo.topLeft() - geo.topLeft())
         assert 0 <= top_left.x() < w and 0 <= top_left.y() < h
     assert window.merge_button.sizeHint().width() <= window.merge_button.width()
+
+
+def test_a_narrow_window_fits_every_methods_form_without_scrolling_sideways(window, tiny, qtbot):
+    """Long combo entries (the compute dtype's, the Auto architecture's) once set a minimum
+    width that cut the form off at the right below ~1000 px."""
+    from PySide6.QtWidgets import QScrollArea
+
+    from core.methods import REGISTRY
+
+    window.add_models([tiny.base, *tiny.models.values()])
+    window.resize(800, 650)
+    qtbot.waitUntil(lambda: window.width() == 800)
+    scroll = next(a for a in window.findChildren(QScrollArea) if a.widget() is window.method)
+    for spec in REGISTRY:
+        window.method.set_method(spec.name)
+        QApplication.processEvents()
+        assert scroll.horizontalScrollBar().maximum() == 0, spec.name
+        reset = window.method.reset_button
+        right = reset.mapTo(scroll.viewport(), reset.rect().topRight()).x()
+        assert right <= scroll.viewport().width(), spec.name
 
 
 def run_app(args: list[str], tmp_path: Path, cache: Path) -> subprocess.CompletedProcess:
