@@ -43,7 +43,12 @@ def output_error(path: Path, exc: OSError, doing: str = "writing") -> OutputErro
             file=path,
             hint="choose another output path",
         )
-    return OutputError(f"{doing} the output failed: {exc.strerror or exc}", file=path)
+    return OutputError(
+        f"{doing} the output failed: {exc.strerror or exc}",
+        file=path,
+        hint="choose an output in a folder you can write to; system folders such as /proc "
+        "take no files",
+    )
 
 
 # Names that promise another kind of file. An output is a .safetensors file or a folder,

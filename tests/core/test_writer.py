@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +104,14 @@ def test_permission_error_becomes_an_output_error(tmp_path, io_mode):
         write_all(w)
         w.commit()
     assert files_under(tmp_path) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_takes_no_files_gets_a_hint_not_just_the_system_error(tmp_path):
+    with pytest.raises(OutputError) as err:
+        save_state_dict(STATE, Path("/proc/merged.safetensors"))
+    assert "writing the output failed" in err.value.message
+    assert "folder you can write to" in err.value.hint
 
 
 def test_parent_that_is_a_file_is_refused(tmp_path):
