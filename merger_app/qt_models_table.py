@@ -7,6 +7,8 @@ cannot be merged with the others carry a warning icon and the reason as tooltip.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
@@ -24,13 +26,30 @@ _TAIL = ("Format", "Parameters", "Dtype", "Size")
 AnyIndex = QModelIndex | QPersistentModelIndex
 
 
-def shown_name(row: ModelRow) -> str:
+def shown_name(row: ModelRow, rows: Sequence[ModelRow] = ()) -> str:
     """The row's name without a weight-file extension (`finetuned_0-4`): the Format column
-    tells it, and left in, a narrow window's elision hides what tells models apart."""
+    tells it, and left in, a narrow window's elision hides what tells models apart.
+
+    Among `rows` (the table), a name two models would share is made longer until they
+    differ: with its extension (`model.pt`, `model.safetensors`), then with its folder
+    (`run1/model`, `run2/model`)."""
+    others = [r for r in rows if r.path != row.path]
+    short = _without_extension(row.name)
+    if all(_without_extension(r.name) != short for r in others):
+        return short
+    if all(r.name != row.name for r in others):
+        return row.name
+    # the path whose last part is the name: the file, or the folder a `model.safetensors`
+    # is named after
+    named = Path(row.path) if Path(row.path).name == row.name else Path(row.path).parent
+    return f"{named.parent.name}/{row.name}" if named.parent.name else row.name
+
+
+def _without_extension(name: str) -> str:
     for suffix in WEIGHT_EXTENSIONS:
-        if row.name.endswith(suffix) and len(row.name) > len(suffix):
-            return row.name[: -len(suffix)]
-    return row.name
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 class QtModelsTable(QAbstractTableModel):
@@ -218,7 +237,7 @@ class QtModelsTable(QAbstractTableModel):
 
     def _cell(self, row: ModelRow, col: int, *, edit: bool) -> Any:
         if col == NAME:
-            return shown_name(row)
+            return shown_name(row, self._rows)
         if col == ROLE:
             return row.role if edit else self.shown_role(self._rows.index(row))
         param = self.column_param(col)

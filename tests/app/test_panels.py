@@ -31,6 +31,32 @@ def test_rows_show_what_the_headers_say(window, tiny):
     assert row == ["base", "input", "1", "safetensors", "3.47K", "float32", "13.9 KB"]
 
 
+def test_models_that_would_share_a_name_are_told_apart(window, tiny, tmp_path):
+    """Same stem in two formats: the extension stays; same file name in two folders: the
+    folder is added. Names no other model shares stay short."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    for run in ("run1", "run2"):
+        (tmp_path / run / "ckpt").mkdir(parents=True)
+        shutil.copy(tiny.base, tmp_path / run / "ckpt" / "model.safetensors")
+    torch.save(load_file(str(tiny.base)), tmp_path / "run1" / "base.pt")
+    shutil.copy(tiny.base, tmp_path / "run1" / "base.safetensors")
+    paths = [
+        tmp_path / "run1" / "ckpt",
+        tmp_path / "run2" / "ckpt" / "model.safetensors",
+        tmp_path / "run1" / "base.pt",
+        tmp_path / "run1" / "base.safetensors",
+        tiny.models["a"],
+    ]
+    assert not window.add_models(paths)
+    table = window.models.model
+    names = [table.index(r, 0).data() for r in range(table.rowCount())]
+    assert names == ["run1/ckpt", "run2/ckpt", "base.pt", "base.safetensors", "finetuned_a"]
+
+
 def test_adding_the_same_file_twice_keeps_one_row(window, tiny):
     same = str(tiny.folder / "x" / ".." / "base.safetensors")
     window.add_models([tiny.base])
