@@ -336,7 +336,39 @@ def _compute_one(
     for b in item.buffers:
         if not any(b is k for k in keep):
             pool.give(b)
+    try:
+        check_compute_range(result, output.name)
+    except OutputError:
+        for b in keep:
+            pool.give(b)
+        raise
     return result, keep, pool
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """`isfinite(x).all()`, also for float8 tensors (torch has no isfinite for them)."""
+    if x.dtype.is_floating_point and x.element_size() == 1:
+        x = x.float()
+    return bool(torch.isfinite(x).all())
+
+
+def check_compute_range(result: torch.Tensor, name: str) -> None:
+    """Refuse a merge computed in a dtype narrower than float32's range (float16) that
+    overflowed: the inputs were finite, so an infinity here is the arithmetic's, and would
+    be saved without a word. float32 and wider are not scanned (the scan costs a pass)."""
+    if not result.dtype.is_floating_point:
+        return
+    if torch.finfo(result.dtype).max >= torch.finfo(torch.float32).max or _all_finite(result):
+        return
+    kind = str(result.dtype).removeprefix("torch.")
+    raise OutputError(
+        f"computing the merge in {kind} overflowed its range (largest "
+        f"{torch.finfo(result.dtype).max:.6g}): the result holds infinite or NaN values",
+        tensor=name,
+        hint=f"compute in float32: --dtype float32, or Compute dtype in the window; to save "
+        f"{kind} anyway, also set --out-dtype {kind} (Output dtype), which names any value "
+        f"beyond {kind}'s range",
+    )
 
 
 def check_cast_range(result: torch.Tensor, cast: torch.Tensor, name: str) -> None:
@@ -345,11 +377,10 @@ def check_cast_range(result: torch.Tensor, cast: torch.Tensor, name: str) -> Non
     Inputs are checked finite before merging, so an infinity here is the output dtype's
     range, and a saved model full of inf would only fail later, far from the cause. Only
     narrowing casts are checked: the scan costs a pass over the tensor."""
+    check_compute_range(result, name)
     if not (result.dtype.is_floating_point and cast.dtype.is_floating_point):
         return
-    if torch.finfo(cast.dtype).max >= torch.finfo(result.dtype).max:
-        return
-    if bool(torch.isfinite(cast).all()) or not bool(torch.isfinite(result).all()):
+    if torch.finfo(cast.dtype).max >= torch.finfo(result.dtype).max or _all_finite(cast):
         return
     largest = float(result.abs().max())
     raise OutputError(

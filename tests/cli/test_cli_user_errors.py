@@ -359,6 +359,40 @@ def test_values_beyond_float16_are_refused_not_saved_as_infinity(tmp_path, capsy
     assert main([*args[:-1], "bfloat16", "-o", str(out), "--quiet"]) == 0  # as the hint says
 
 
+@pytest.mark.parametrize("out_dtype", [[], ["--out-dtype", "float32"]])
+def test_a_merge_computed_in_float16_that_overflows_is_refused(tmp_path, capsys, out_dtype):
+    """Two float16 models holding 60000 average to 60000, which float16 holds, but their
+    sum in float16 is infinite: computing in float16 must not save that infinity."""
+    paths = [tmp_path / "h1.safetensors", tmp_path / "h2.safetensors"]
+    for path in paths:
+        save_file({"w": torch.tensor([60000.0, 2.0], dtype=torch.float16)}, path)
+    out = tmp_path / "h.safetensors"
+    args = ["merge", "--method", "linear", *map(str, paths), *out_dtype, "-o", str(out)]
+    assert main([*args, "--dtype", "float16", "--quiet"]) == 1
+    line = one_error_line(capsys)
+    assert "tensor 'w'" in line and "computing the merge in float16 overflowed" in line
+    assert "--dtype float32" in line
+    assert not out.exists() and leftovers(tmp_path) == []
+    assert main([*args, "--dtype", "float32", "--quiet"]) == 0  # as the hint says
+    assert tensors(out)["w"][0].item() == 60000.0
+
+
+def test_float8_checkpoints_merge(tmp_path):
+    """torch has no isfinite for float8: the range checks read such tensors as float32."""
+    fp8 = torch.float8_e4m3fn
+    base = {"w": torch.tensor([1.0, -2.0, 0.5]).to(fp8)}
+    tuned = {"w": torch.tensor([1.5, -1.0, 0.5]).to(fp8)}
+    paths = [tmp_path / "base.safetensors", tmp_path / "ft.safetensors"]
+    for path, state in zip(paths, (base, tuned), strict=True):
+        save_file(state, path)
+    out = tmp_path / "m.safetensors"
+    args = ["merge", "--method", "task_arithmetic", "--base", str(paths[0]), str(paths[1])]
+    assert main([*args, "--set", "lambda=0.5", "-o", str(out), "--quiet"]) == 0
+    merged = tensors(out)["w"]
+    assert merged.dtype == fp8
+    assert merged.float().tolist() == [1.25, -1.5, 0.5]  # all exact in float8 e4m3
+
+
 # -- 6. align names the model whose architecture differs -------------------------------
 def test_align_of_two_architectures_names_the_model_that_differs(tmp_path, capsys):
     mlp, cnn = tmp_path / "mlp.safetensors", tmp_path / "cnn.safetensors"
