@@ -302,15 +302,18 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def publish(tmp: Path, out: Path, *, overwrite: bool) -> None:
+def publish(tmp: Path, out: Path, *, overwrite: bool) -> list[Path]:
     """Move the finished `tmp` (file or folder) to `out` atomically.
 
     Without overwrite a file is published with link+unlink, which fails rather than
     replace something that appeared meanwhile. With overwrite the old output is renamed
-    away first and deleted only after the new one is in place.
+    away first and deleted only after the new one is in place; a folder replacing a
+    model folder keeps the old one's companions it does not write itself (tokenizer,
+    README), which are returned.
     """
+    carried: list[Path] = []
     if tmp.is_dir() or (overwrite and os.path.lexists(out) and not _is_plain_file(out)):
-        _publish_replacing(tmp, out, overwrite=overwrite)
+        carried = _publish_replacing(tmp, out, overwrite=overwrite)
     elif overwrite:
         os.replace(tmp, out)
     else:
@@ -327,13 +330,14 @@ def publish(tmp: Path, out: Path, *, overwrite: bool) -> None:
         else:
             os.unlink(tmp)
     fsync_dir(out.parent)
+    return carried
 
 
 def _is_plain_file(p: Path) -> bool:
     return p.is_file() and not p.is_symlink()
 
 
-def _publish_replacing(tmp: Path, out: Path, *, overwrite: bool) -> None:
+def _publish_replacing(tmp: Path, out: Path, *, overwrite: bool) -> list[Path]:
     old = None
     if os.path.lexists(out) and not (_is_empty_folder(out) and tmp.is_dir()):
         if not overwrite:
@@ -348,8 +352,38 @@ def _publish_replacing(tmp: Path, out: Path, *, overwrite: bool) -> None:
         if old is not None:
             os.rename(old, out)
         raise
+    carried: list[Path] = []
     if old is not None:
         if old.is_dir() and not old.is_symlink():
+            if out.is_dir():
+                carried = _carry_companions(old, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+    return carried
+
+
+# Files of a replaced model folder that describe the weights rather than the model: a
+# new output brings its own, and an old one beside it would contradict the new weights.
+_NOT_CARRIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json")
+_NOT_CARRIED_NAMES = ("config.json", "merger_recipe.yaml")
+
+
+def _carry_companions(old: Path, new: Path) -> list[Path]:
+    """Move the replaced folder's tokenizer, README and other companions into the new
+    folder where it has none of that name: `--overwrite` replaces a merge, not the files
+    that came with the model (check_replaceable let only such files be there)."""
+    carried = []
+    for item in sorted(old.iterdir()):
+        name = item.name
+        if (
+            not item.is_file()
+            or name.lower().endswith(_NOT_CARRIED_SUFFIXES)
+            or name in _NOT_CARRIED_NAMES
+            or os.path.lexists(new / name)
+        ):
+            continue
+        with contextlib.suppress(OSError):
+            os.rename(item, new / name)
+            carried.append(new / name)
+    return carried

@@ -133,7 +133,7 @@ class CheckpointWriter:
             raise ValueError(f"commit before all tensors were written (next: '{missing}')")
         try:
             self._wrapped(self._finish_files)
-            publish(self._tmp, self.out, overwrite=self.overwrite)
+            carried = publish(self._tmp, self.out, overwrite=self.overwrite)
         except OutputError:
             self.abort()
             raise
@@ -149,7 +149,7 @@ class CheckpointWriter:
         names = [s.name for s in self.shards]
         if len(self.shards) > 1:
             names.append(INDEX_NAME)
-        return [self.out / n for n in [*names, *self._extra]]
+        return [self.out / n for n in [*names, *self._extra]] + carried
 
     def abort(self) -> None:
         """Remove every temporary file and folder; safe to call many times."""

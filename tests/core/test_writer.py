@@ -146,6 +146,25 @@ def test_overwrite_replaces_a_sharded_folder_with_a_single_one(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]
 
 
+def test_overwrite_keeps_a_model_folders_tokenizer_and_readme(tmp_path):
+    """Replacing a merge must not delete the files that came with the model; the old
+    weights, their index and config are the new output's to say, not carried over."""
+    out = tmp_path / "o"
+    save_state_dict({"old": torch.zeros(1)}, out, shard_size=1)
+    (out / "tokenizer.json").write_text('{"kept": true}')
+    (out / "README.md").write_text("model card")
+    (out / "config.json").write_text('{"old": true}')
+    written = save_state_dict(STATE, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
+    assert (out / "tokenizer.json").read_text() == '{"kept": true}'
+    assert {p.name for p in written} >= {"README.md", "tokenizer.json"}
+    assert all(not n.startswith(".") for n in files_under(tmp_path))
+
+
 def test_inputs_are_never_overwritten(tmp_path):
     model = tmp_path / "in" / "model.safetensors"
     save_state_dict(STATE, model)
@@ -273,4 +292,6 @@ def test_overwrite_accepts_an_empty_folder_and_a_model_folder_with_companions(tm
     extra = {"config.json": b"{}", "README.md": b"# m", "merger_recipe.yaml": b"x: 1"}
     save_state_dict(STATE, tmp_path / "model", extra_files=extra)
     save_state_dict(STATE, tmp_path / "model", overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.safetensors"]
+    # the model card stays; the old config and recipe were the old merge's
+    names = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert names == ["README.md", "model.safetensors"]
