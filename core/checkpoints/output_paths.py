@@ -181,6 +181,12 @@ def check_output_early(out: str | Path, protect: Sequence[str | Path], *, overwr
     _check_not_empty(out)
     out = Path(out).expanduser()
     check_output_path(out, protect, overwrite=overwrite)
+    check_folder_writable(out)
+
+
+def check_folder_writable(out: Path) -> None:
+    """That `out` can be created: its nearest existing ancestor is a folder we may write
+    into (missing folders below it are created when writing)."""
     place = out.absolute().parent
     while not place.exists() and place.parent != place:
         place = place.parent

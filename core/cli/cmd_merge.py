@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from core.checkpoints import parse_size
+from core.checkpoints.output_paths import check_folder_writable
 from core.cli.output import print_json
 from core.cli.progress_bar import TerminalBar
 from core.errors import MergerError, OutputError, RecipeError
@@ -266,8 +267,26 @@ def cmd_merge(args: argparse.Namespace) -> int:
     # --arch given on this command line is the user's own choice of code to run
     status = _execute(recipe, args.output, args, allow_code=True)
     if args.save_recipe:  # only for a merge that worked; absolute paths run from anywhere
-        absolute_recipe(recipe).save(args.save_recipe)
+        save_recipe_beside(absolute_recipe(recipe), args.save_recipe, args.output)
     return status
+
+
+def save_recipe_beside(recipe: Recipe, path: str, output: str) -> None:
+    """Write the recipe (creating its folder, as the output's is), saying that the merged
+    model was kept if the recipe alone cannot be written."""
+    target = Path(path).expanduser()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        recipe.save(target)
+    except (OSError, OutputError) as exc:
+        reason = exc.message if isinstance(exc, OutputError) else (exc.strerror or str(exc))
+        raise OutputError(
+            f"the recipe could not be written ({reason}); the merged model was written to "
+            f"{output} and is kept",
+            file=path,
+            hint="the same recipe is in the output itself: its safetensors metadata, or "
+            "merger_recipe.yaml in an output folder",
+        ) from None
 
 
 def check_recipe_target(path: str, output: str, *, overwrite: bool) -> None:
@@ -284,6 +303,7 @@ def check_recipe_target(path: str, output: str, *, overwrite: bool) -> None:
         raise OutputError("the recipe file is the merge's output", file=path)
     if target.is_dir():
         raise OutputError("a folder has this name", file=path, hint="choose a file name")
+    check_folder_writable(target)
     if os.path.lexists(target) and not overwrite:
         raise OutputError(
             "the recipe file already exists",

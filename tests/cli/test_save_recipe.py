@@ -4,7 +4,9 @@ and never over an input or an existing file unless --overwrite says so."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +101,29 @@ def test_the_recipe_cannot_be_the_output(demo, tmp_path, capsys, name):
     assert main(linear(demo, target, target)) == 1
     error_line(capsys)
     assert not target.exists()
+
+
+def test_the_recipes_missing_folder_is_created_as_the_outputs_is(demo, tmp_path):
+    out, recipe = tmp_path / "new" / "m.safetensors", tmp_path / "recipes" / "sub" / "m.yaml"
+    assert main(linear(demo, out, recipe)) == 0
+    assert Recipe.load(recipe).merge_method == "linear" and out.exists()
+
+
+def test_a_recipe_under_a_file_is_refused_before_the_merge(demo, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "m.safetensors"
+    assert main(linear(demo, out, tmp_path / "afile" / "r.yaml")) == 1
+    assert "is a file, not a folder" in error_line(capsys)
+    assert not out.exists()  # nothing merged for a recipe that could not be written
+
+
+def test_a_recipe_that_fails_after_the_merge_says_the_model_is_kept(demo, tmp_path, capsys):
+    """A place that passes the checks but takes no file (/proc) fails only when written:
+    the error must say the merged model is there, not leave the user to guess."""
+    if not Path("/proc/self").is_dir() or not os.access("/proc", os.W_OK):
+        pytest.skip("needs Linux's /proc, which only root may try to write into")
+    out = tmp_path / "m.safetensors"
+    assert main(linear(demo, out, "/proc/merger-recipe.yaml")) == 1
+    line = error_line(capsys)
+    assert "the recipe could not be written" in line and f"written to {out} and is kept" in line
+    assert out.exists()
