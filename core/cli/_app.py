@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from core import __version__
 from core.cli import cancelled, cmd_align, cmd_eval, cmd_info, cmd_merge, interrupted
+from core.cli.output import print_json
 from core.errors import Cancelled, MergerError
 
 COMMAND_MODULES = [cmd_info, cmd_merge, cmd_align, cmd_eval]
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MergerError as exc:
         print(f"merger: error: {exc}", file=sys.stderr)
+        _json_error(args, "error", exc.message, file=exc.file, tensor=exc.tensor, hint=exc.hint)
         return 1
     except BrokenPipeError:  # `merger ... | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -69,4 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(this is a bug; rerun with --debug and report it)",
             file=sys.stderr,
         )
+        _json_error(args, "internal error", f"{type(exc).__name__}: {exc}")
         return 3
+
+
+def _json_error(args: argparse.Namespace, kind: str, message: str, **where: object) -> None:
+    """With --json, the error also as a JSON object on stdout, where a script reads the
+    result (stderr keeps the line people read)."""
+    if not getattr(args, "json", False):
+        return
+    fields = {k: str(v) for k, v in where.items() if v is not None}
+    print_json({"error": {"kind": kind, "message": message, **fields}})

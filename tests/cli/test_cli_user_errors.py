@@ -3,6 +3,7 @@ or 2 for a malformed command line), never a traceback, and leaves nothing behind
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -447,7 +448,6 @@ def test_run_merge_refuses_an_unknown_device_and_takes_known_ones_in_any_case(de
 
 def test_info_lists_tensors_by_name_with_numbers_in_order(tmp_path, capsys):
     """safetensors stores int64 buffers first; the listing reads like the model instead."""
-    import json
 
     import torch
     from safetensors.torch import save_file
@@ -465,6 +465,23 @@ def test_info_lists_tensors_by_name_with_numbers_in_order(tmp_path, capsys):
     assert main(["info", str(path), "--json"]) == 0
     names = [t["name"] for t in json.loads(capsys.readouterr().out)["tensor_list"]]
     assert names == ["bn.bias", "bn.num_batches_tracked", "layers.2.weight", "layers.10.weight"]
+
+
+def test_with_json_an_error_is_also_a_json_object_on_stdout(demo, tmp_path, capsys):
+    """Scripts read --json output from stdout: a failure must be parseable there too."""
+    odd = tmp_path / "odd.safetensors"
+    save_file({"layers.0.weight": torch.zeros(3, 3)}, odd)
+    out = tmp_path / "x.safetensors"
+    args = ["merge", "--method", "linear", str(demo.models["0-4"]), str(odd), "-o", str(out)]
+    assert main([*args, "--json"]) == 1
+    captured = capsys.readouterr()
+    error = json.loads(captured.out)["error"]
+    assert error["kind"] == "error" and error["file"] == str(odd)
+    assert error["message"] in captured.err and error["hint"] in captured.err
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")
+    assert main(["info", str(broken), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["file"] == str(broken)
 
 
 def test_a_mistyped_method_gets_a_suggestion(demo, tmp_path, capsys):
