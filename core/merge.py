@@ -36,6 +36,7 @@ from core.streaming import OutputTensor, check_cast_range, run_streaming
 from core.validate import (
     check_finite,
     check_models,
+    gradients_without_layers,
     input_entries,
     same_file_key,
     sign_notes,
@@ -226,6 +227,8 @@ def run_merge(
             )
         _check_slice_layers(recipe, session)
         report.notes.extend(unused_filters(recipe, session.reference.keys()))
+        merged = [i.name for i in session.reference.infos() if i.dtype.is_floating_point]
+        report.notes.extend(gradients_without_layers(recipe, merged))
         report.notes.extend(sign_notes(recipe, spec))
         report.notes.extend(unused_settings(recipe, spec))
         report.notes.extend(_dtype_notes(recipe, session))

@@ -14,7 +14,13 @@ from core.checkpoints import TensorInfo, open_checkpoint
 from core.compat import CompatReport, ExtraKeys, compare
 from core.errors import CheckpointError, RecipeError
 from core.methods import REGISTRY
-from core.methods.params import check_value, resolve_params, unknown_keys, varies_by_tensor
+from core.methods.params import (
+    LayerIndex,
+    check_value,
+    resolve_params,
+    unknown_keys,
+    varies_by_tensor,
+)
 from core.methods.registry import MethodSpec
 from core.recipe import ModelEntry, Recipe, suggest
 
@@ -186,6 +192,42 @@ def unused_filters(recipe: Recipe, names: Sequence[str]) -> list[str]:
                         "its value is never used"
                     )
     return notes
+
+
+def gradients_without_layers(recipe: Recipe, names: Sequence[str]) -> list[str]:
+    """A note for gradients on a model with fewer than two numbered layers: a gradient
+    spreads over `layers.N`, so each tensor then takes its first or last value by name
+    (embeddings first; norms and heads last), which should not pass unsaid."""
+    layers = LayerIndex(names)
+    if layers.blocks >= 2:
+        return []
+    sources = [("parameters", recipe.parameters)] + [(m.model, m.parameters) for m in recipe.models]
+    keys = sorted({key for _, params in sources for key, v in params.items() if _has_gradient(v)})
+    if not keys:
+        return []
+    first = [n for n in names if layers.t(n) == 0.0]
+    last = [n for n in names if layers.t(n) == 1.0]
+    counted = "no numbered layers" if layers.blocks == 0 else "only one numbered layer"
+    return [
+        f"the gradient of {', '.join(repr(k) for k in keys)} spreads over numbered layers "
+        f"(layers.N), but the models have {counted}: each tensor takes the gradient's first "
+        f"value ({len(first)} tensors, e.g. {_examples(first)}) or its last "
+        f"({len(last)}, e.g. {_examples(last)}); give single values, or name filters, to "
+        "choose per tensor"
+    ]
+
+
+def _has_gradient(value: object) -> bool:
+    """A list of two or more numbers, or a filtered list with one as a value."""
+    if not isinstance(value, list):
+        return False
+    if len(value) >= 2 and all(isinstance(v, int | float) for v in value):
+        return True
+    return any(isinstance(e, Mapping) and _has_gradient(e.get("value")) for e in value)
+
+
+def _examples(names: Sequence[str], most: int = 2) -> str:
+    return ", ".join(f"'{n}'" for n in names[:most]) if names else "none"
 
 
 def check_finite(tensor: torch.Tensor, name: str, path: str) -> None:

@@ -109,3 +109,28 @@ def test_unmatched_per_model_filter_falls_back_to_the_global_value():
     assert resolve_params(spec, raw, "body.w", 0, per_model=True, fallback=glob)["weight"] == 0.5
     star = {"weight": [{"filter": "*", "value": 0.25}]}
     assert resolve_params(spec, star, "any.w", 0, per_model=True)["weight"] == 0.25
+
+
+def test_a_gradient_on_a_model_without_numbered_layers_is_noted():
+    from core.recipe import ModelEntry, Recipe
+    from core.validate import gradients_without_layers
+
+    names = ["embed.weight", "attn.weight", "norm.weight", "head.weight"]
+    recipe = Recipe(
+        merge_method="task_arithmetic",
+        models=(ModelEntry("a", {"weight": [0.0, 1.0]}),),
+        base_model="b",
+        parameters={"lambda": [{"filter": "attn", "value": [0.2, 0.8]}, {"value": 1.0}]},
+    )
+    (note,) = gradients_without_layers(recipe, names)
+    assert "'lambda', 'weight'" in note and "no numbered layers" in note
+    # embeddings and unknown names before any block take the first value, norms and heads
+    # the last, as mergekit's pre- and post-weights do
+    assert "first value (2 tensors, e.g. 'embed.weight', 'attn.weight')" in note
+    assert "last (2, e.g. 'norm.weight', 'head.weight')" in note
+    layered = [f"layers.{i}.weight" for i in range(3)]
+    assert gradients_without_layers(recipe, layered) == []
+    assert (
+        gradients_without_layers(recipe.with_(models=(ModelEntry("a"),), parameters={}), names)
+        == []
+    )
