@@ -18,13 +18,18 @@ from typing import Any
 
 import torch
 
-from core.checkpoints.reader import Checkpoint, Entry, LoadedTensor
+from core.checkpoints.reader import (
+    WRAPPER_PREFIXES,
+    Checkpoint,
+    Entry,
+    LoadedTensor,
+    strip_wrapper_prefixes,
+)
 from core.checkpoints.safetensors_reader import open_file_error, read_index, shard_paths
 from core.checkpoints.tensor_info import DTYPE_CODES, TensorInfo
 from core.errors import CheckpointError
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
-STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel, torch.compile
 
 
 def load_pickle(path: Path) -> Any:
@@ -137,12 +142,9 @@ def unwrap_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str | None]:
     flat: dict[str, torch.Tensor] = {}
     if isinstance(obj, Mapping):
         _flatten(obj, "", flat)
-    prefixes = ("model.", *STRIP_PREFIXES) if lightning else STRIP_PREFIXES
-    stripped = []
-    for prefix in prefixes:
-        if flat and all(k.startswith(prefix) for k in flat):
-            flat = {k[len(prefix) :]: v for k, v in flat.items()}
-            stripped.append(prefix)
+    prefixes = ("model.", *WRAPPER_PREFIXES) if lightning else WRAPPER_PREFIXES
+    mapping, stripped = strip_wrapper_prefixes(list(flat), prefixes)
+    flat = {mapping[k]: v for k, v in flat.items()}
     notes = []
     if ignored:
         shown = ", ".join(f"'{k}'" for k in ignored[:5])
@@ -151,10 +153,7 @@ def unwrap_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str | None]:
             f"weights read from '{'.'.join(chosen)}'; also in the file, not read: {shown}{more}"
         )
     if stripped:  # merged outputs carry the shorter names: a load into the wrapper needs it
-        notes.append(
-            f"names read without the prefix '{''.join(stripped)}' that every one carries "
-            "in the file (a training wrapper's); outputs use the names without it"
-        )
+        notes.append(stripped)
     return flat, "; ".join(notes) or None
 
 

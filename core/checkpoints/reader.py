@@ -48,6 +48,44 @@ class LoadedTensor:
 
 Entry = FileTensor | LoadedTensor
 
+# Prefixes a training wrapper puts on every name: DataParallel's, torch.compile's.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_wrapper_prefixes(
+    names: list[str], prefixes: tuple[str, ...] = WRAPPER_PREFIXES
+) -> tuple[dict[str, str], str | None]:
+    """{name in the file: name to use} without the prefixes that every name carries, in
+    order (`module._orig_mod.`), and a note saying so (None if nothing was stripped).
+
+    Every format reads the same model under the same names, so a `.pt` and a
+    `.safetensors` of one DataParallel model merge with each other and with the plain one."""
+    mapping = {n: n for n in names}
+    stripped = []
+    for prefix in prefixes:
+        if mapping and all(v.startswith(prefix) for v in mapping.values()):
+            mapping = {k: v[len(prefix) :] for k, v in mapping.items()}
+            stripped.append(prefix)
+    if not stripped:
+        return mapping, None
+    return mapping, (
+        f"names read without the prefix '{''.join(stripped)}' that every one carries in "
+        "the file (a training wrapper's); outputs use the names without it"
+    )
+
+
+def renamed_entries(entries: dict[str, Entry], mapping: dict[str, str]) -> dict[str, Entry]:
+    """The entries under their new names (the bytes they point at are unchanged)."""
+    out: dict[str, Entry] = {}
+    for old, entry in entries.items():
+        info = entry.info
+        new_info = TensorInfo(mapping[old], info.shape, info.dtype, info.nbytes)
+        if isinstance(entry, FileTensor):
+            out[mapping[old]] = FileTensor(new_info, entry.file, entry.start, entry.end)
+        else:
+            out[mapping[old]] = LoadedTensor(new_info, entry.tensor)
+    return out
+
 
 class Checkpoint:
     """A model opened for reading: names, shapes and dtypes now; tensors on demand.

@@ -9,7 +9,13 @@ import json
 import os
 from pathlib import Path
 
-from core.checkpoints.reader import Checkpoint, Entry, FileTensor
+from core.checkpoints.reader import (
+    Checkpoint,
+    Entry,
+    FileTensor,
+    renamed_entries,
+    strip_wrapper_prefixes,
+)
 from core.checkpoints.safetensors_format import SafetensorsHeader, header_length, read_header
 from core.errors import CheckpointError
 
@@ -46,6 +52,7 @@ def open_safetensors(path: Path, *, shown_path: Path | None = None, config=None)
     entries: dict[str, Entry] = {
         t.info.name: FileTensor(t.info, 0, t.start, t.end) for t in header.tensors
     }
+    entries, notes = _unwrapped(entries)
     return Checkpoint(
         shown_path or path,
         "safetensors",
@@ -53,7 +60,16 @@ def open_safetensors(path: Path, *, shown_path: Path | None = None, config=None)
         entries,
         config=config,
         metadata=header.metadata,
+        notes=notes,
     )
+
+
+def _unwrapped(entries: dict[str, Entry]) -> tuple[dict[str, Entry], list[str]]:
+    """Entries without a training wrapper's prefix on every name, as pickles are read."""
+    mapping, note = strip_wrapper_prefixes(list(entries))
+    if note is None:
+        return entries, []
+    return renamed_entries(entries, mapping), [note]
 
 
 def read_json(path: Path, what: str, hint: str) -> object:
@@ -131,6 +147,13 @@ def open_sharded_safetensors(index: Path, *, shown_path: Path, config=None) -> C
                 tensor=name,
                 hint="the index and the shards do not match; re-download them",
             )
+    entries, notes = _unwrapped(entries)
     return Checkpoint(
-        shown_path, "safetensors (sharded)", files, entries, config=config, metadata=metadata
+        shown_path,
+        "safetensors (sharded)",
+        files,
+        entries,
+        config=config,
+        metadata=metadata,
+        notes=notes,
     )

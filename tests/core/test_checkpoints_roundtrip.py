@@ -288,3 +288,23 @@ def test_hash_cache_keeps_only_the_newest_entries(tmp_path, monkeypatch):
             digests.append(ck.sha256())
     cache = json.loads((tmp_path / "cache" / "hashes.json").read_text())
     assert list(cache.values()) == digests[1:]
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_wrappers_prefix_is_stripped_from_safetensors_as_from_pickles(tmp_path, prefix, sharded):
+    """The same DataParallel / torch.compile model saved as .pt or .safetensors reads
+    under the same names, with the same note, and the right bytes behind each name."""
+    from core.checkpoints import open_checkpoint, save_state_dict
+
+    state = {"fc.weight": sample(torch.float32), "fc.bias": sample(torch.float32, (3,))}
+    wrapped = {f"{prefix}{k}": v for k, v in state.items()}
+    out = tmp_path / ("folder" if sharded else "m.safetensors")
+    save_state_dict(wrapped, out, shard_size=64 if sharded else None)
+    torch.save(wrapped, tmp_path / "m.pt")
+    for path in (out, tmp_path / "m.pt"):
+        with open_checkpoint(path) as ck:
+            assert sorted(ck.keys()) == ["fc.bias", "fc.weight"]
+            assert [n for n in ck.notes if f"without the prefix '{prefix}'" in n], ck.notes
+            for name, value in state.items():
+                assert torch.equal(ck.get(name), value)
