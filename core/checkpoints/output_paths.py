@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import difflib
 import errno
+import glob
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Sequence
@@ -290,8 +292,48 @@ def remove_empty(folders: Sequence[Path]) -> None:
 
 
 def temp_name(out: Path, kind: str = "tmp") -> Path:
-    """A hidden sibling of `out`, on the same filesystem so a rename is atomic."""
-    return out.parent / f".{out.name}.{kind}-{secrets.token_hex(4)}"
+    """A hidden sibling of `out`, on the same filesystem so a rename is atomic. It names
+    the writing process, so a later run can tell a killed run's leftovers from a live
+    run's work (`remove_stale_temps`)."""
+    return out.parent / f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete the temporaries a killed run (SIGKILL, a power cut: no chance to clean up)
+    left beside `out`: those whose process no longer exists. Returns what was removed.
+
+    Only half-written outputs (`tmp`): a previous output renamed away (`old`) may be the
+    only copy of it if the run died before the new one took its place."""
+    removed = []
+    try:
+        siblings = list(out.parent.glob(f".{glob.escape(out.name)}.tmp-*-*"))
+    except OSError:
+        return []
+    for item in siblings:
+        match = re.fullmatch(rf"\.{re.escape(out.name)}\.tmp-(\d+)-[0-9a-f]{{8}}", item.name)
+        if match is None or _process_exists(int(match.group(1))):
+            continue
+        try:
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
+        except OSError:
+            continue
+        removed.append(item)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but belongs to someone else
+        return True
+    return True
 
 
 def fsync_dir(folder: Path) -> None:

@@ -27,6 +27,7 @@ from core.checkpoints.output_paths import (
     output_error,
     publish,
     remove_empty,
+    remove_stale_temps,
     temp_name,
 )
 from core.checkpoints.safetensors_format import build_header
@@ -82,6 +83,7 @@ class CheckpointWriter:
         _check_extra_names(self._extra, self.shards)
         check_output_path(self.out, protect, overwrite=overwrite)
         self._created = make_parent(self.out)
+        self.stale_removed = remove_stale_temps(self.out)
         self._tmp = temp_name(self.out)
         try:
             if not self._single:

@@ -299,3 +299,30 @@ def test_overwrite_accepts_an_empty_folder_and_a_model_folder_with_companions(tm
     # the model card stays; the old config and recipe were the old merge's
     names = sorted(p.name for p in (tmp_path / "model").iterdir())
     assert names == ["README.md", "model.safetensors"]
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_write(tmp_path):
+    """SIGKILL gives no chance to clean up: the next write to the same output removes the
+    half-written files of processes that no longer exist, and nothing else."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    out = tmp_path / "m.safetensors"
+    stale_file = tmp_path / f".m.safetensors.tmp-{dead_pid}-0123abcd"
+    stale_file.write_bytes(b"half")
+    stale_folder = tmp_path / f".m.safetensors.tmp-{dead_pid}-4567cdef"
+    stale_folder.mkdir()
+    (stale_folder / "model-00001-of-00002.safetensors").write_bytes(b"half")
+    live = tmp_path / f".m.safetensors.tmp-{os.getppid()}-89abcdef"  # a running process's
+    live.write_bytes(b"in progress")
+    renamed_away = tmp_path / f".m.safetensors.old-{dead_pid}-0123abcd"  # maybe the only copy
+    renamed_away.write_bytes(b"previous output")
+    other = tmp_path / f".other.safetensors.tmp-{dead_pid}-0123abcd"
+    other.write_bytes(b"another output's")
+    save_state_dict(STATE, out)
+    assert not stale_file.exists() and not stale_folder.exists()
+    assert live.exists() and renamed_away.exists() and other.exists() and out.exists()
