@@ -42,7 +42,8 @@ def validate_recipe(recipe: Recipe) -> MethodSpec:
     if needs.base and not recipe.base_model:
         raise RecipeError(
             f"method '{spec.name}' needs a base model",
-            hint="set base_model (the model the others were fine-tuned from)",
+            hint="give the model the others were fine-tuned from: --base on the command "
+            "line, role 'base' in the window, base_model: in a recipe",
         )
     inputs = input_entries(recipe, spec)
     if len(inputs) < needs.min_models:

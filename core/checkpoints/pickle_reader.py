@@ -26,6 +26,7 @@ from core.checkpoints.reader import (
     strip_wrapper_prefixes,
 )
 from core.checkpoints.safetensors_reader import open_file_error, read_index, shard_paths
+from core.checkpoints.sniff import sniff_hint
 from core.checkpoints.tensor_info import DTYPE_CODES, TensorInfo
 from core.errors import CheckpointError
 
@@ -52,7 +53,8 @@ def load_pickle(path: Path) -> Any:
             raise CheckpointError(
                 "not a readable torch checkpoint: its contents are not a pickle torch can read",
                 file=path,
-                hint="the file is truncated, corrupt or not a checkpoint; re-download or "
+                hint=sniff_hint(path)
+                or "the file is truncated, corrupt or not a checkpoint; re-download or "
                 "re-export it",
             ) from None
         raise CheckpointError(

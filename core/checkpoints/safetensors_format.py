@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.checkpoints.sniff import sniff_hint
 from core.checkpoints.tensor_info import SAFETENSORS_DTYPES, TensorInfo, dtype_code
 from core.errors import CheckpointError
 
@@ -84,8 +85,8 @@ def header_length(path: Path, file_size: int, first8: bytes) -> int:
             path,
             f"the header claims {n} bytes, more than any real safetensors header: "
             "this is not a safetensors file",
-            hint="check that the file is the model you meant; if it is, re-download or "
-            "re-export it",
+            hint=sniff_hint(path)
+            or "check that the file is the model you meant; if it is, re-download or re-export it",
         )
     if 8 + n > file_size:
         raise _bad(path, f"the header claims {n} bytes but the file has only {file_size - 8}")

@@ -23,7 +23,7 @@ from core.errors import CheckpointError
 def open_file_error(path: Path, exc: OSError) -> CheckpointError:
     """Turn an OSError met while opening an input into a message for people."""
     if isinstance(exc, FileNotFoundError):
-        return CheckpointError("no such file or folder", file=path, hint="check the path")
+        return CheckpointError("no such file or folder", file=path, hint=_missing_hint(path))
     if isinstance(exc, IsADirectoryError):
         return CheckpointError("is a folder where a weights file was expected", file=path)
     if isinstance(exc, PermissionError):
@@ -31,6 +31,26 @@ def open_file_error(path: Path, exc: OSError) -> CheckpointError:
             "permission denied", file=path, hint="make the file readable for your user"
         )
     return CheckpointError(f"cannot read the file: {exc.strerror or exc}", file=path)
+
+
+def _missing_hint(path: Path) -> str:
+    """'check the path', or, for what looks like a Hugging Face model ID (`org/name`, as
+    mergekit recipes give), that IDs are not downloaded."""
+    text = str(path)
+    parts = text.split("/")
+    weights = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".yaml")
+    if (
+        len(parts) == 2
+        and all(parts)
+        and not text.startswith((".", "~"))
+        and (path.suffix.lower() not in weights)
+    ):
+        return (
+            f"Merger reads local files only and does not download model IDs: download it "
+            f"first, e.g. huggingface-cli download {text} --local-dir {parts[1]}, and give "
+            "that folder"
+        )
+    return "check the path"
 
 
 def read_safetensors_header(path: Path) -> SafetensorsHeader:

@@ -567,3 +567,15 @@ def test_a_parameter_set_twice_is_a_malformed_command_line(demo, tmp_path, capsy
 def test_cuda_for_a_streaming_method_is_noted(demo, tmp_path, capsys):
     assert main(linear(demo, tmp_path / "x.safetensors", "--device", "cuda")) == 0
     assert "streams tensor by tensor on the CPU" in capsys.readouterr().out
+
+
+def test_a_hugging_face_model_id_is_told_it_is_not_downloaded(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["merge", "--method", "linear", "mistralai/Mistral-7B-v0.1", "org/other-model"]
+    assert main([*args, "-o", "m.safetensors", "--quiet"]) == 1
+    line = one_error_line(capsys)
+    assert "mistralai/Mistral-7B-v0.1: no such file or folder" in line
+    assert "does not download model IDs" in line and "--local-dir Mistral-7B-v0.1" in line
+    assert main(["info", "missing/model.safetensors"]) == 1
+    line = one_error_line(capsys)
+    assert "check the path" in line and "download" not in line

@@ -242,3 +242,28 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "pipe.safetensors"
     os.mkfifo(fifo)
     open_fails(fifo, "not a regular file")
+
+
+def test_a_file_named_for_another_format_is_told_what_it_is(tmp_path):
+    """The extension picks the reader; the first bytes say what the file really is."""
+    state = {"w": torch.ones(2, 3)}
+    pt_named_st = tmp_path / "model.safetensors"
+    torch.save(state, pt_named_st)
+    st_named_bin = tmp_path / "model.bin"
+    save_state_dict(state, st_named_bin.with_suffix(".safetensors.tmp.safetensors"))
+    os.replace(st_named_bin.with_suffix(".safetensors.tmp.safetensors"), st_named_bin)
+    gguf = tmp_path / "llm.safetensors"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(64))
+    cases = (
+        (pt_named_st, "zip-format PyTorch checkpoint: rename it to end in .pt"),
+        (st_named_bin, "safetensors file: rename it to end in .safetensors"),
+        (gguf, "GGUF file, which Merger does not read"),
+    )
+    for path, hint in cases:
+        with pytest.raises(CheckpointError) as err:
+            open_checkpoint(path)
+        assert hint in err.value.hint, (path, err.value)
+    renamed = tmp_path / "model.pt"
+    os.replace(pt_named_st, renamed)  # as the hint says
+    with open_checkpoint(renamed) as ck:
+        assert torch.equal(ck.get("w"), state["w"])
