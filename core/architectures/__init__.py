@@ -84,19 +84,17 @@ def _refuse_strays(shapes: Shapes, families: Mapping[str, Family]) -> None:
     if stray is None:
         return
     name, extra = stray
-    subject = (
-        "no built-in architecture fits the checkpoint as a whole"
+    consequence = (
+        "no built-in architecture fits the whole checkpoint"
         if len(families) > 1
-        else f"the checkpoint is not a '{name}' model as a whole"
+        else f"the '{name}' architecture has no such tensors"
     )
     raise MergerError(
-        f"{subject}: the network's tensors would fit '{name}', but it also holds {_listed(extra)}",
-        tensor=extra[0],
+        f"holds {_listed(extra)} beside a network that fits '{name}': {consequence}",
         hint=f"if {'that tensor is' if len(extra) == 1 else 'those tensors are'} not "
         "part of the network (a loss function's weights, a metric's state), save the "
-        "network's weights alone (for a LightningModule, "
-        "torch.save(module.model.state_dict(), 'net.pt')); or give your model's code as "
-        f"path/to/model.py:factory {WHERE}",
+        "network's weights alone, e.g. torch.save(module.model.state_dict(), 'net.pt') for "
+        f"a LightningModule; or give your model's code as path/to/model.py:factory {WHERE}",
     )
 
 
