@@ -63,6 +63,16 @@ class PermutationSpec:
             for tensor, axis in axes:
                 self._by_tensor.setdefault(tensor, []).append((axis, group))
 
+    def renamed(self, rename: Callable[[str], str]) -> PermutationSpec:
+        """The same spec over tensors renamed by `rename` (module names in `activations`
+        are the built model's and stay as they are)."""
+        return PermutationSpec(
+            {g: [(rename(t), a) for t, a in axes] for g, axes in self.groups.items()},
+            dict(self.sizes),
+            {(rename(t), a): b for (t, a), b in self.blocks.items()},
+            {g: list(m) for g, m in self.activations.items()},
+        )
+
     def axes_of(self, tensor: str) -> list[tuple[int, str]]:
         """The (axis, group) pairs that permute `tensor`; empty if it is never permuted."""
         return self._by_tensor.get(tensor, [])

@@ -56,15 +56,26 @@ def load_custom(
     with _importable_folder(path.parent):
         module = _import(path)
         model = _call_factory(module, factory_name, path)
-    _load_strict(model, state, path)
+    prefix = _wrapper_prefix(model, state)
+    full = {f"{prefix}{k}": v for k, v in state.items()} if prefix else state
+    _load_strict(model, full, path)
     example, source = _example_input(module, model, path, input_shape)
     guessed = source == "guess"
     spec = PermutationSpec({})
     notes = []  # evaluation only builds the model: nothing about a spec to tell
+    if prefix:
+        notes.append(
+            f"the model's names carry '{prefix}', which the checkpoint's were read "
+            "without: weights are loaded into it with the prefix"
+        )
     if trace:
-        spec = _traced_spec(model, state, example, source, path)
-        notes = [f"spec traced with torch.fx: {len(spec.groups)} permutation groups"]
+        spec = _traced_spec(model, full, example, source, path)
+        if prefix:
+            spec = spec.renamed(lambda name: name.removeprefix(prefix))
+        notes.append(f"spec traced with torch.fx: {len(spec.groups)} permutation groups")
     template = copy.deepcopy(model)
+    if prefix:
+        _names_without(template, prefix)
 
     def build(weights: Mapping[str, torch.Tensor]) -> nn.Module:
         net = copy.deepcopy(template)
@@ -190,6 +201,36 @@ def _call_factory(module: ModuleType, name: str, path: Path) -> nn.Module:
             f"{name}() returned {type(model).__name__}, not a torch.nn.Module", file=path
         )
     return model.eval()
+
+
+def _wrapper_prefix(model: nn.Module, state: State) -> str:
+    """The prefix the model's own names add to every checkpoint name (a model whose one
+    child is called `module`, a DataParallel or torch.compile wrapper: checkpoints are
+    read without such a prefix, see `strip_wrapper_prefixes`), or ""."""
+    names = set(model.state_dict())
+    if not state or names == set(state):
+        return ""
+    for prefix in ("module.", "_orig_mod.", "module._orig_mod.", "model."):
+        if names == {f"{prefix}{k}" for k in state}:
+            return prefix
+    return ""
+
+
+def _names_without(model: nn.Module, prefix: str) -> None:
+    """Make the model's state dict use the checkpoint's names, without `prefix`, both
+    ways: built models are loaded, permuted, re-loaded (the self-test) and read back
+    (BatchNorm statistics) under the names the rest of the engine uses."""
+
+    def add(module, state_dict, at, *_args) -> None:
+        for key in [k for k in state_dict if k.startswith(at) and not k.startswith(at + prefix)]:
+            state_dict[at + prefix + key[len(at) :]] = state_dict.pop(key)
+
+    def strip(module, state_dict, at, _metadata) -> None:
+        for key in [k for k in state_dict if k.startswith(at + prefix)]:
+            state_dict[at + key[len(at + prefix) :]] = state_dict.pop(key)
+
+    model.register_load_state_dict_pre_hook(add)
+    model.register_state_dict_post_hook(strip)
 
 
 def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:

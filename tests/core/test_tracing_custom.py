@@ -396,3 +396,52 @@ def test_flat_data_for_an_image_model_and_a_factory_with_arguments_say_what_to_d
     assert "x.reshape(-1, 1, 8, 8)" in str(info.value)
     with pytest.raises(MergerError, match=r"called with no arguments: add one to convnet\.py"):
         resolve_architecture(f"{path}:sized", state)
+
+
+def test_a_model_whose_names_carry_a_wrappers_prefix_loads_a_checkpoint_read_without_it(
+    tmp_path,
+):
+    """Checkpoints lose a `module.` prefix on every name when read; a user's model whose
+    one child is called `module` still gets its weights, and its spec names the
+    checkpoint's tensors."""
+    from safetensors.torch import save_file
+
+    from core.checkpoints import open_checkpoint
+
+    (tmp_path / "net.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.module = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+                def forward(self, x):
+                    return self.module(x)
+
+            def make():
+                return Net()
+            """
+        )
+    )
+    torch.manual_seed(0)
+    import importlib.util
+
+    spec_ = importlib.util.spec_from_file_location("net_for_test", tmp_path / "net.py")
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    net = mod.make()
+    save_file(net.state_dict(), str(tmp_path / "w.safetensors"))
+    with open_checkpoint(tmp_path / "w.safetensors") as ck:
+        state = {k: ck.get(k) for k in ck.keys()}
+    assert sorted(state) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    arch = resolve_architecture(f"{tmp_path / 'net.py'}:make", state)
+    assert set(arch.spec.tensors) == {"0.weight", "0.bias", "2.weight"}  # the hidden units
+    assert any("carry 'module.'" in n for n in arch.notes)
+    x = torch.randn(4, 6)
+    built = arch.build(state)
+    assert torch.allclose(built(x), net(x))
+    assert sorted(built.state_dict()) == sorted(state)  # read back (BatchNorm) as given
+    assert arch.spec.self_test(arch.build, state, x) < 1e-9
