@@ -324,13 +324,14 @@ def _compute_one(
     if result.dtype != output.dtype or result.device.type != "cpu":
         cast = out_pool.take(output.shape, output.dtype)
         cast.copy_(result)
-        for b in item.buffers:
-            pool.give(b)
-        try:
+        try:  # before the buffers go back: `result` may be one, refilled by the reader
             check_cast_range(result, cast, output.name)
         except OutputError:
             out_pool.give(cast)
             raise
+        finally:
+            for b in item.buffers:
+                pool.give(b)
         return cast, [cast], out_pool
     keep = [b for b in item.buffers if _same_storage(b, result)]
     for b in item.buffers:
@@ -352,22 +353,27 @@ def _all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
 
+# Dtypes whose largest value is below this overflow in real merges (float16: 65504, the
+# float8s); bfloat16 shares float32's exponent range and is not scanned.
+_NARROW_MAX = 1e30
+
+
 def check_compute_range(result: torch.Tensor, name: str) -> None:
     """Refuse a merge computed in a dtype narrower than float32's range (float16) that
     overflowed: the inputs were finite, so an infinity here is the arithmetic's, and would
     be saved without a word. float32 and wider are not scanned (the scan costs a pass)."""
     if not result.dtype.is_floating_point:
         return
-    if torch.finfo(result.dtype).max >= torch.finfo(torch.float32).max or _all_finite(result):
+    if torch.finfo(result.dtype).max > _NARROW_MAX or _all_finite(result):
         return
     kind = str(result.dtype).removeprefix("torch.")
     raise OutputError(
         f"computing the merge in {kind} overflowed its range (largest "
         f"{torch.finfo(result.dtype).max:.6g}): the result holds infinite or NaN values",
         tensor=name,
-        hint=f"compute in float32: --dtype float32, or Compute dtype in the window; to save "
-        f"{kind} anyway, also set --out-dtype {kind} (Output dtype), which names any value "
-        f"beyond {kind}'s range",
+        hint=f"compute in float32 and save {kind}: --dtype float32 --out-dtype {kind} "
+        "(Compute dtype and Output dtype in the window); merged values that are themselves "
+        f"beyond {kind}'s range are then refused by name",
     )
 
 

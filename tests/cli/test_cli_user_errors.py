@@ -372,7 +372,7 @@ def test_a_merge_computed_in_float16_that_overflows_is_refused(tmp_path, capsys,
     assert main([*args, "--dtype", "float16", "--quiet"]) == 1
     line = one_error_line(capsys)
     assert "tensor 'w'" in line and "computing the merge in float16 overflowed" in line
-    assert "--dtype float32" in line
+    assert "--dtype float32 --out-dtype float16" in line
     assert not out.exists() and leftovers(tmp_path) == []
     assert main([*args, "--dtype", "float32", "--quiet"]) == 0  # as the hint says
     assert tensors(out)["w"][0].item() == 60000.0
