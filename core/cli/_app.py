@@ -27,7 +27,11 @@ COMMAND_MODULES = [cmd_info, cmd_merge, cmd_align, cmd_eval]
 class _Parser(argparse.ArgumentParser):
     """argparse, but a malformed command line is one line too (exit 2), not a usage block."""
 
+    json_errors = False  # set for a command line with --json (every subparser sees it)
+
     def error(self, message: str):  # type: ignore[override]
+        if _Parser.json_errors:
+            print_json({"error": {"kind": "usage", "message": message}})
         self.exit(2, f"merger: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -47,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     if getattr(args, "check", None) is not None:
         args.check(args)  # combinations argparse cannot express; exits 2 like it

@@ -140,12 +140,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_output_options(p)
 
+    merge_parser = p  # `p` names the next command's parser by the time check runs
+
     def check(args: argparse.Namespace) -> None:
         """A parameter set twice would silently keep the last: a malformed command line."""
         keys = [item.partition("=")[0].strip() for item in args.set]
         twice = sorted({k for k in keys if keys.count(k) > 1})
         if twice:
-            p.error(f"--set {twice[0]}= is given {keys.count(twice[0])} times; give it once")
+            merge_parser.error(
+                f"--set {twice[0]}= is given {keys.count(twice[0])} times; give it once"
+            )
 
     p.set_defaults(func=cmd_merge, check=check)
 
@@ -214,7 +218,16 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     )
 
 
-def _execute(recipe: Recipe, out: str, args: argparse.Namespace, *, allow_code: bool) -> int:
+def _execute(
+    recipe: Recipe,
+    out: str,
+    args: argparse.Namespace,
+    *,
+    allow_code: bool,
+    then: Callable[[], None] | None = None,
+) -> int:
+    """Merge and report; `then` runs after a merge that worked and before the report, so
+    its error is the one thing said (with --json, the one document on stdout)."""
     validate_recipe(recipe)
     bar = None if (args.quiet or args.json) else TerminalBar()
     progress = Progress(bar, log=None if args.json else _log)
@@ -232,6 +245,8 @@ def _execute(recipe: Recipe, out: str, args: argparse.Namespace, *, allow_code: 
     finally:
         if bar is not None:
             bar.close()
+    if then is not None:
+        then()
     _report(result, args)
     return 0
 
@@ -264,11 +279,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     if args.save_recipe:
         check_recipe_target(args.save_recipe, args.output, overwrite=args.overwrite)
-    # --arch given on this command line is the user's own choice of code to run
-    status = _execute(recipe, args.output, args, allow_code=True)
-    if args.save_recipe:  # only for a merge that worked; absolute paths run from anywhere
+
+    def save_recipe() -> None:  # only for a merge that worked; absolute paths run anywhere
         save_recipe_beside(absolute_recipe(recipe), args.save_recipe, args.output)
-    return status
+
+    # --arch given on this command line is the user's own choice of code to run
+    return _execute(
+        recipe, args.output, args, allow_code=True, then=save_recipe if args.save_recipe else None
+    )
 
 
 def save_recipe_beside(recipe: Recipe, path: str, output: str) -> None:

@@ -482,6 +482,13 @@ def test_with_json_an_error_is_also_a_json_object_on_stdout(demo, tmp_path, caps
     broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")
     assert main(["info", str(broken), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["error"]["file"] == str(broken)
+    twice = ["--set", "weight=1", "--set", "weight=2", "-o", str(out), "--json"]
+    with pytest.raises(SystemExit) as code:
+        main(["merge", "--method", "linear", str(odd), str(odd), *twice])
+    assert code.value.code == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["error"]["kind"] == "usage"
+    assert "see 'merger merge --help'" in captured.err  # the merge command's help
 
 
 def test_a_mistyped_method_gets_a_suggestion(demo, tmp_path, capsys):

@@ -4,6 +4,7 @@ and never over an input or an existing file unless --overwrite says so."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -127,3 +128,7 @@ def test_a_recipe_that_fails_after_the_merge_says_the_model_is_kept(demo, tmp_pa
     line = error_line(capsys)
     assert "the recipe could not be written" in line and f"written to {out} and is kept" in line
     assert out.exists()
+    again = tmp_path / "again.safetensors"
+    assert main([*linear(demo, again, "/proc/merger-recipe.yaml"), "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)  # one document: the error, not both
+    assert "the recipe could not be written" in document["error"]["message"]
