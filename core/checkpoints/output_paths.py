@@ -91,6 +91,13 @@ def check_output_name(out: str | Path) -> None:
     a name like `merged.pt` would give a folder the user does not expect."""
     _check_not_empty(out)
     name = Path(out).name
+    if len(name.encode("utf-8", "surrogateescape")) > _NAME_MAX:
+        raise OutputError(
+            f"the output's name is {len(name.encode('utf-8', 'surrogateescape'))} bytes long; "
+            f"file systems allow {_NAME_MAX}",
+            file=out,
+            hint="choose a shorter name",
+        )
     suffix = Path(name).suffix
     if suffix.lower() == ".safetensors" and suffix != ".safetensors":
         raise OutputError(
@@ -291,11 +298,21 @@ def remove_empty(folders: Sequence[Path]) -> None:
             folder.rmdir()
 
 
+_NAME_MAX = 255  # bytes in one file name, on every common file system
+_TEMP_STEM_MAX = 200  # bytes of the output's name kept in a temporary's (room for the tail)
+
+
+def _temp_stem(out: Path) -> str:
+    """The output's name as temporaries carry it: cut so that their names fit too."""
+    raw = out.name.encode("utf-8", "surrogateescape")[:_TEMP_STEM_MAX]
+    return raw.decode("utf-8", "ignore")
+
+
 def temp_name(out: Path, kind: str = "tmp") -> Path:
     """A hidden sibling of `out`, on the same filesystem so a rename is atomic. It names
     the writing process, so a later run can tell a killed run's leftovers from a live
     run's work (`remove_stale_temps`)."""
-    return out.parent / f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+    return out.parent / f".{_temp_stem(out)}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def remove_stale_temps(out: Path) -> list[Path]:
@@ -306,11 +323,12 @@ def remove_stale_temps(out: Path) -> list[Path]:
     only copy of it if the run died before the new one took its place."""
     removed = []
     try:
-        siblings = list(out.parent.glob(f".{glob.escape(out.name)}.tmp-*-*"))
+        siblings = list(out.parent.glob(f".{glob.escape(_temp_stem(out))}.tmp-*-*"))
     except OSError:
         return []
     for item in siblings:
-        match = re.fullmatch(rf"\.{re.escape(out.name)}\.tmp-(\d+)-[0-9a-f]{{8}}", item.name)
+        stem = re.escape(_temp_stem(out))
+        match = re.fullmatch(rf"\.{stem}\.tmp-(\d+)-[0-9a-f]{{8}}", item.name)
         if match is None or _process_exists(int(match.group(1))):
             continue
         try:

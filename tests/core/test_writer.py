@@ -326,3 +326,14 @@ def test_a_killed_runs_temporaries_are_removed_by_the_next_write(tmp_path):
     save_state_dict(STATE, out)
     assert not stale_file.exists() and not stale_folder.exists()
     assert live.exists() and renamed_away.exists() and other.exists() and out.exists()
+
+
+def test_long_output_names_write_and_too_long_ones_are_refused_clearly(tmp_path):
+    """A name near the 255-byte limit still gets temporaries that fit; a longer one is
+    refused as too long, not with an OS error from deep inside."""
+    long = tmp_path / ("y" * 238 + ".safetensors")  # 250 bytes
+    save_state_dict(STATE, long)
+    assert long.exists() and files_under(tmp_path) == [long.name]
+    save_state_dict(STATE, long, overwrite=True)  # the renamed-away old one fits too
+    with pytest.raises(OutputError, match="300 bytes long; file systems allow 255"):
+        save_state_dict(STATE, tmp_path / ("z" * 288 + ".safetensors"))
