@@ -212,7 +212,8 @@ def gradients_without_layers(recipe: Recipe, names: Sequence[str]) -> list[str]:
     return [
         f"the gradient of {', '.join(repr(k) for k in keys)} spreads over numbered layers "
         f"(layers.N), but the models have {counted}: each tensor takes the gradient's first "
-        f"value ({len(first)} tensors, e.g. {_examples(first)}) or its last "
+        f"value ({len(first)} tensor{'s' if len(first) != 1 else ''}, e.g. "
+        f"{_examples(first)}) or its last "
         f"({len(last)}, e.g. {_examples(last)}); give single values, or name filters, to "
         "choose per tensor"
     ]

@@ -9,7 +9,6 @@ filtered list `[{filter: "attn", value: 0.3}, {value: 0.5}]`.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,14 +192,17 @@ def _fit_problem(arch: str, path: str) -> str | None:
     """Whether model A fits the architecture (or one is detected), from its headers; asked
     again only when the file changes, since the form asks on every edit."""
     try:
-        stat = os.stat(path)
+        files = [Path(path)]
+        if files[0].is_dir():  # a shard rewritten in place leaves the folder's own stat
+            files += sorted(f for f in files[0].iterdir() if f.is_file())
+        stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
     except OSError:
         return None  # the row's own problem, or the merge's error, says why
-    return _fit_problem_cached(arch, path, stat.st_mtime_ns, stat.st_size)
+    return _fit_problem_cached(arch, path, stamp)
 
 
 @functools.lru_cache(maxsize=64)
-def _fit_problem_cached(arch: str, path: str, _mtime: int, _size: int) -> str | None:
+def _fit_problem_cached(arch: str, path: str, _stamp: tuple) -> str | None:
     from core.architectures import checkpoint_architecture_problem
 
     return checkpoint_architecture_problem(arch or None, path)

@@ -31,18 +31,30 @@ def shown_name(row: ModelRow, rows: Sequence[ModelRow] = ()) -> str:
     tells it, and left in, a narrow window's elision hides what tells models apart.
 
     Among `rows` (the table), a name two models would share is made longer until they
-    differ: with its extension (`model.pt`, `model.safetensors`), then with its folder
-    (`run1/model`, `run2/model`)."""
+    differ: with its extension (`model.pt`, `model.safetensors`), then with as many of
+    its path's last parts as it takes (`run1/model`, `run1/pytorch_model.bin`)."""
     others = [r for r in rows if r.path != row.path]
     short = _without_extension(row.name)
     if all(_without_extension(r.name) != short for r in others):
         return short
     if all(r.name != row.name for r in others):
         return row.name
-    # the path whose last part is the name: the file, or the folder a `model.safetensors`
-    # is named after
-    named = Path(row.path) if Path(row.path).name == row.name else Path(row.path).parent
-    return f"{named.parent.name}/{row.name}" if named.parent.name else row.name
+    # first the path the name is taken from (a model file's folder), then the file itself
+    # (two weight files in one folder)
+    for path_of in (_named_path, lambda r: Path(r.path)):
+        parts = path_of(row).parts
+        for depth in range(2, len(parts) + 1):
+            tail = "/".join(parts[-depth:])
+            if all("/".join(path_of(r).parts[-depth:]) != tail for r in others):
+                return tail
+    return row.path
+
+
+def _named_path(row: ModelRow) -> Path:
+    """The path whose last part is the row's name: the file, or the folder that a
+    `model.safetensors` is named after."""
+    path = Path(row.path)
+    return path if path.name == row.name else path.parent
 
 
 def _without_extension(name: str) -> str:

@@ -75,6 +75,8 @@ def detect_family(shapes: Shapes) -> str:
 
 # Tensors left out to find a fitting family hold at most this share of the values.
 _STRAY_FRACTION = 0.01
+# Pairs of top-level names are tried as strays only up to this many names.
+_STRAY_PAIRS_UP_TO = 24
 
 
 def _refuse_strays(shapes: Shapes, families: Mapping[str, Family]) -> None:
@@ -111,7 +113,9 @@ def _fits_without_strays(
         return None
     total = sum(math.prod(shape) for shape in shapes.values())
     found: dict[str, list[str]] = {}
-    for size in (1, 2):
+    # pairs only where they are few: P² fits, each reading every name, on the GUI thread
+    sizes = (1, 2) if len(prefixes) <= _STRAY_PAIRS_UP_TO else (1,)
+    for size in sizes:
         for dropped in itertools.combinations(prefixes, size):
             extra = [n for n in shapes if n.split(".", 1)[0] in dropped]
             if sum(math.prod(shapes[n]) for n in extra) > _STRAY_FRACTION * total:

@@ -432,7 +432,13 @@ def _publish_replacing(tmp: Path, out: Path, *, overwrite: bool) -> list[Path]:
 # Files of a replaced model folder that describe the weights rather than the model: a
 # new output brings its own, and an old one beside it would contradict the new weights.
 _NOT_CARRIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json")
-_NOT_CARRIED_NAMES = ("config.json", "merger_recipe.yaml")
+_NOT_CARRIED_NAMES = (
+    "config.json",
+    "merger_recipe.yaml",
+    "adapter_config.json",  # would make the new full model load as a PEFT adapter
+    "quantize_config.json",
+    "quantization_config.json",
+)
 
 
 def _carry_companions(old: Path, new: Path) -> list[Path]:

@@ -43,7 +43,8 @@ def _missing_hint(path: Path) -> str:
         len(parts) == 2
         and all(parts)
         and not text.startswith((".", "~"))
-        and (path.suffix.lower() not in weights)
+        and path.suffix.lower() not in weights
+        and not Path(parts[0]).exists()  # a local folder: a typo in a path, not an ID
     ):
         return (
             f"Merger reads local files only and does not download model IDs: download it "

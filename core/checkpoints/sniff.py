@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import struct
+import zipfile
 from pathlib import Path
 
 # (magic at offset 0, what it is, the extension that reads it, or "" if none does)
@@ -24,6 +25,8 @@ def sniff(path: Path) -> tuple[str, str] | None:
             head = f.read(16)
     except OSError:
         return None
+    if head.startswith(b"PK\x03\x04") and _is_npz(path):
+        return "a NumPy .npz archive", ""
     for magic, what, suffix in _MAGICS:
         if head.startswith(magic):
             return what, suffix
@@ -32,6 +35,16 @@ def sniff(path: Path) -> tuple[str, str] | None:
         if 2 <= n <= 100_000_000:
             return "a safetensors file", ".safetensors"
     return None
+
+
+def _is_npz(path: Path) -> bool:
+    """A zip of .npy arrays (numpy.savez), not torch.save's zip (a data.pkl inside)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
 
 
 def sniff_hint(path: Path) -> str | None:

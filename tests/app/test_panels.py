@@ -55,6 +55,26 @@ def test_models_that_would_share_a_name_are_told_apart(window, tiny, tmp_path):
     table = window.models.model
     names = [table.index(r, 0).data() for r in range(table.rowCount())]
     assert names == ["run1/ckpt", "run2/ckpt", "base.pt", "base.safetensors", "finetuned_a"]
+    # two weight files in one folder (a Hub layout), one file name under two deep folders
+    window.models.model.set_rows([])
+    torch.save(load_file(str(tiny.base)), tmp_path / "run1" / "ckpt" / "pytorch_model.bin")
+    for top in ("r", "s"):
+        (tmp_path / top / "a").mkdir(parents=True)
+        shutil.copy(tiny.base, tmp_path / top / "a" / "ck.safetensors")
+    paths = [
+        tmp_path / "run1" / "ckpt" / "model.safetensors",
+        tmp_path / "run1" / "ckpt" / "pytorch_model.bin",
+        tmp_path / "r" / "a" / "ck.safetensors",
+        tmp_path / "s" / "a" / "ck.safetensors",
+    ]
+    assert not window.add_models(paths)
+    names = [table.index(r, 0).data() for r in range(table.rowCount())]
+    assert names == [
+        "ckpt/model.safetensors",
+        "ckpt/pytorch_model.bin",
+        "r/a/ck.safetensors",
+        "s/a/ck.safetensors",
+    ]
 
 
 def test_adding_the_same_file_twice_keeps_one_row(window, tiny):

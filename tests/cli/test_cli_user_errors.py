@@ -586,3 +586,7 @@ def test_a_hugging_face_model_id_is_told_it_is_not_downloaded(tmp_path, capsys, 
     assert main(["info", "missing/model.safetensors"]) == 1
     line = one_error_line(capsys)
     assert "check the path" in line and "download" not in line
+    (tmp_path / "demo").mkdir()  # a typo inside a local folder is not a model ID
+    assert main(["info", "demo/finetuned_0-5"]) == 1
+    line = one_error_line(capsys)
+    assert "check the path" in line and "download" not in line

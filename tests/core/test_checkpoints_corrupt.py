@@ -254,7 +254,13 @@ def test_a_file_named_for_another_format_is_told_what_it_is(tmp_path):
     os.replace(st_named_bin.with_suffix(".safetensors.tmp.safetensors"), st_named_bin)
     gguf = tmp_path / "llm.safetensors"
     gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(64))
+    import numpy as np
+
+    np.savez(tmp_path / "arrays.npz", x=np.zeros(3))
+    npz = tmp_path / "arrays.safetensors"
+    os.replace(tmp_path / "arrays.npz", npz)
     cases = (
+        (npz, "NumPy .npz archive, which Merger does not read"),
         (pt_named_st, "zip-format PyTorch checkpoint: rename it to end in .pt"),
         (st_named_bin, "safetensors file: rename it to end in .safetensors"),
         (gguf, "GGUF file, which Merger does not read"),

@@ -158,6 +158,7 @@ def test_overwrite_keeps_a_model_folders_tokenizer_and_readme(tmp_path):
     (out / "tokenizer.json").write_text('{"kept": true}')
     (out / "README.md").write_text("model card")
     (out / "config.json").write_text('{"old": true}')
+    (out / "adapter_config.json").write_text("{}")  # describes the old weights
     written = save_state_dict(STATE, out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md",
