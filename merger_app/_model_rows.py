@@ -35,6 +35,7 @@ class ModelRow:
     notes: tuple[str, ...] = ()  # how it was read (which of several weight sets)
     # its weight files, resolved: a folder and the file inside it are one model
     files: tuple[str, ...] = ()
+    batchnorm: bool = False  # holds BatchNorm running statistics (re-estimation applies)
 
     def with_(self, **changes: Any) -> ModelRow:
         return replace(self, **changes)
@@ -94,6 +95,7 @@ def summarize(path: str | Path) -> ModelRow:
             total_bytes=ckpt.total_bytes,
             notes=tuple(ckpt.notes),
             files=tuple(os.path.realpath(f) for f in ckpt.files),
+            batchnorm=any(i.name.endswith("running_var") for i in infos),
         )
     finally:
         ckpt.close()

@@ -430,6 +430,24 @@ class QtMainWindow(QtFileActions, QMainWindow):
         tip = blockers[0] if blockers else "Merge the models (Ctrl+Return)"
         self.merge_button.setToolTip(tip)
         self._set_hint(self._hint_text(blockers, current))
+        self._mark_batchnorm_setting()
+
+    def _mark_batchnorm_setting(self) -> None:
+        """Grey out 'Re-estimate BatchNorm' while model A has no BatchNorm statistics, and
+        say so: the setting would do nothing (the merge notes it too)."""
+        form = self.method.form
+        if "reset_bn" not in form.values():
+            return
+        editor = form.editor("reset_bn")
+        rows = self.models.model.rows()
+        applies = not rows or rows[0].batchnorm
+        editor.setEnabled(applies)
+        param = self.method.spec().param("reset_bn")
+        editor.setToolTip(
+            param.help
+            if applies
+            else f"{rows[0].name} has no BatchNorm statistics: there is nothing to re-estimate"
+        )
 
     def _hint_text(self, blockers: list[str], current: bool) -> str:
         """What to do next: what blocks Merge, the failure of the last merge with these

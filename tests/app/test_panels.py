@@ -481,3 +481,28 @@ def test_export_recipe_refuses_what_merger_run_would_and_adds_yaml(window, tiny,
     load_for_method(window, tiny, "linear")
     assert window.export_recipe(tmp_path / "named")
     assert (tmp_path / "named.yaml").exists() and not (tmp_path / "named").exists()
+
+
+def test_batchnorm_reestimation_is_greyed_out_for_models_without_batchnorm(window, tmp_path):
+    from safetensors.torch import save_file
+
+    from core.architectures.factories import mlp_state, resnet20_state
+
+    mlps, resnets = [], []
+    for i in range(2):
+        mlps.append(tmp_path / f"mlp{i}.safetensors")
+        save_file(mlp_state([8, 6, 3], seed=i), str(mlps[-1]))
+        resnets.append(tmp_path / f"bn{i}.safetensors")
+        save_file(resnet20_state(norm="batchnorm", seed=i), str(resnets[-1]))
+    window.method.set_method("weight_matching")
+    editor = window.method.form.editor("reset_bn")
+    assert not window.add_models(mlps)
+    assert not editor.isEnabled() and "no BatchNorm statistics" in editor.toolTip()
+    window.models.model.set_rows([])
+    assert not window.add_models(resnets)
+    assert editor.isEnabled() and "Re-estimate" in editor.toolTip()
+    window.models.model.set_rows([])
+    window.method.set_method("linear")
+    assert not window.add_models(mlps)
+    window.method.set_method("activation_matching")  # a new form, marked as it appears
+    assert not window.method.form.editor("reset_bn").isEnabled()
