@@ -38,7 +38,7 @@ accept the new permutation only if the true objective improves, so it never decr
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +61,9 @@ _MIN_RUN = 4
 # (the fallback where an auction would stall) can take seconds to minutes there, and
 # cannot be interrupted. Smaller solves take milliseconds; a thread each would cost more.
 _SLOW_SOLVE_SIZE = 1024
+# Floating-point operations per slice of a long product between cancel checks: about a
+# tenth of a second on a laptop's CPU, a small fraction of the product on a GPU.
+_FLOPS_PER_SLICE = 2e10
 
 
 @dataclass
@@ -120,9 +123,11 @@ def weight_matching(
     _check_models(spec, state_a, state_b)
     dev = _resolve_device(device)
     perms = _initial_perms(spec, init_perms)
-    problem = _Problem(spec, state_a, state_b, dev)
+    problem = _Problem(spec, state_a, state_b, dev, check=progress.check if progress else None)
     groups = [g for g in spec.groups if spec.sizes.get(g, 0) > 0]
     gen = torch.Generator().manual_seed(seed)
+    if progress is not None:
+        progress.check()
     value = problem.objective(perms)
     result = MatchResult(perms={}, initial_objective=value)
     settled_most = 0  # the bar never goes back, though a settled group may move again
@@ -131,8 +136,8 @@ def weight_matching(
         for step, idx in enumerate(torch.randperm(len(groups), generator=gen).tolist()):
             if progress is not None:  # a wide group's step takes seconds: say where it is
                 progress.update(
-                    settled_most,
-                    len(groups),
+                    _fraction_done(sweep, step, settled_most, len(groups)),
+                    1.0,
                     f"sweep {sweep + 1}: group {step + 1} of {len(groups)}",
                 )
             try:
@@ -151,8 +156,8 @@ def weight_matching(
             # honest measure of how near the end is (all of them: converged).
             settled_most = max(settled_most, settled)
             progress.update(
-                settled_most,
-                len(groups),
+                _fraction_done(sweep + 1, 0, settled_most, len(groups)),
+                1.0,
                 f"sweep {sweep + 1}: objective {value:.6g}, "
                 f"{settled} of {len(groups)} groups settled",
             )
@@ -161,6 +166,21 @@ def weight_matching(
             break
     result.perms = {g: p.cpu() for g, p in perms.items()}
     return result
+
+
+# The share of the bar the first sweep fills: it computes every group's full cost, which
+# later sweeps mostly update in place, so it takes most of the time.
+_FIRST_SWEEP_SHARE = 0.7
+
+
+def _fraction_done(sweep: int, step: int, settled: int, groups: int) -> float:
+    """How far along the matching is, as the bar and its time estimate should read it.
+
+    How many sweeps remain is unknown; the first sweep's steps are known and costly, and
+    after it, how many groups already stay put is the honest measure of the rest."""
+    if sweep == 0:
+        return _FIRST_SWEEP_SHARE * step / groups
+    return _FIRST_SWEEP_SHARE + (1 - _FIRST_SWEEP_SHARE) * settled / groups
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -265,8 +285,10 @@ class _Problem:
         state_a: Mapping[str, torch.Tensor],
         state_b: Mapping[str, torch.Tensor],
         device: torch.device,
+        check: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
+        self._check = check  # raises Cancelled; called between slices of long products
         names = cost_tensors(spec, state_b)
         self.a = {t: state_a[t].detach().to(device, torch.float32).contiguous() for t in names}
         self.b = {t: state_b[t].detach().to(device, torch.float32).contiguous() for t in names}
@@ -302,6 +324,8 @@ class _Problem:
         """Σ ⟨A_t, π(B_t)⟩ over all cost tensors, or those touching group `only`."""
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for t in self.a:
+            if self._check is not None:
+                self._check()
             axes = self.spec.axes_of(t)
             if only is not None and all(g != only for _, g in axes):
                 continue
@@ -330,8 +354,20 @@ class _Problem:
         cost = self._fixed_cost(g)  # not kept: at n = 8192 a copy per group is 268 MB
         for t, ax in self.entries[g]:
             if not self._is_fixed(t, ax):
-                cost.addmm_(self._a_rows(t, ax), self._b_cols(t, ax, perms))
+                self._add_product(cost, self._a_rows(t, ax), self._b_cols(t, ax, perms))
         return cost
+
+    def _add_product(self, cost: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """cost += rows @ cols, in slices of rows short enough that Cancel is answered
+        within a fraction of a second (one 4096-wide product takes most of a second)."""
+        n, k = rows.shape
+        step = max(1, int(_FLOPS_PER_SLICE // max(1, 2 * k * cols.shape[1])))
+        if self._check is None or step >= n:
+            cost.addmm_(rows, cols)
+            return
+        for start in range(0, n, step):
+            self._check()
+            cost[start : start + step].addmm_(rows[start : start + step], cols)
 
     def _is_fixed(self, t: str, ax: int) -> bool:
         """Whether entry (t, ax)'s product never changes: t has no other permuted axis
