@@ -183,6 +183,8 @@ class QtMethodPanel(QWidget):
         top.addWidget(QLabel("<b>Method</b>", self))
         top.addWidget(self.combo, 1)
         self.extras = QFormLayout()
+        # labels go above their fields when the panel is narrow, instead of cutting it off
+        self.extras.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         data_row = QHBoxLayout()
         data_row.addWidget(self.data_combo, 1)
         data_row.addWidget(self.data_browse)

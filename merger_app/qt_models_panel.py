@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -91,6 +91,9 @@ def make_number_editor(param: Param, parent: QWidget | None = None) -> QWidget |
     return box
 
 
+NAME_MIN_WIDTH = 120  # pixels: enough for a dozen characters of a model's name
+
+
 class QtModelsPanel(QWidget):
     """Table + Add/Remove/Up/Down; `add_requested` asks the window for a file dialog."""
 
@@ -101,6 +104,7 @@ class QtModelsPanel(QWidget):
         super().__init__(parent)
         self.model = QtModelsTable(self)
         self.view = QTableView(self)
+        self.view.installEventFilter(self)  # re-fit the columns when the table resizes
         self.view.setModel(self.model)
         self.view.setItemDelegate(QtModelsDelegate(self.view))
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -259,10 +263,24 @@ class QtModelsPanel(QWidget):
         self.changed.emit()
 
     def _fit_columns(self) -> None:
+        """Every column as wide as its contents; the name takes the rest, but never less
+        than NAME_MIN_WIDTH: in a narrow window the table scrolls sideways instead of
+        showing every name as '…' (the names are what tells the rows apart)."""
         header = self.view.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for c in range(1, self.model.columnCount()):
             header.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
+        others = sum(header.sectionSize(c) for c in range(1, self.model.columnCount()))
+        if self.view.viewport().width() - others >= NAME_MIN_WIDTH:
+            header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        else:
+            header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+            header.resizeSection(0, NAME_MIN_WIDTH)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.view and event.type() == QEvent.Type.Resize:
+            # after the view's own resize handling: its viewport has the new width then
+            QTimer.singleShot(0, self, self._fit_columns)
+        return super().eventFilter(watched, event)
 
     def _update_buttons(self, *_: object) -> None:
         sel = self.selected_rows()

@@ -103,7 +103,7 @@ def test_a_narrow_window_fits_every_methods_form_without_scrolling_sideways(wind
     from core.methods import REGISTRY
 
     window.add_models([tiny.base, *tiny.models.values()])
-    window.resize(800, 650)
+    window.resize(800, 600)
     qtbot.waitUntil(lambda: window.width() == 800)
     scroll = next(a for a in window.findChildren(QScrollArea) if a.widget() is window.method)
     for spec in REGISTRY:
@@ -113,6 +113,25 @@ def test_a_narrow_window_fits_every_methods_form_without_scrolling_sideways(wind
         reset = window.method.reset_button
         right = reset.mapTo(scroll.viewport(), reset.rect().topRight()).x()
         assert right <= scroll.viewport().width(), spec.name
+
+
+def test_names_stay_readable_in_a_narrow_window_and_take_the_room_in_a_wide_one(
+    window, tiny, qtbot
+):
+    """With TIES's extra columns at 800 px the name column once shrank to '…': it keeps
+    NAME_MIN_WIDTH (the table scrolls sideways) and stretches again when there is room."""
+    from PySide6.QtWidgets import QHeaderView
+
+    from merger_app.qt_models_panel import NAME_MIN_WIDTH
+
+    window.method.set_method("ties")
+    window.add_models([tiny.base, *tiny.models.values()])
+    header = window.models.view.horizontalHeader()
+    window.resize(800, 600)
+    qtbot.waitUntil(lambda: header.sectionSize(0) >= NAME_MIN_WIDTH)
+    window.resize(1600, 900)
+    qtbot.waitUntil(lambda: header.sectionSize(0) > 2 * NAME_MIN_WIDTH)
+    assert header.sectionResizeMode(0) == QHeaderView.ResizeMode.Stretch
 
 
 def run_app(args: list[str], tmp_path: Path, cache: Path) -> subprocess.CompletedProcess:
