@@ -6,6 +6,7 @@ blocks the event loop (and tests can inspect and close the box).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,13 +108,30 @@ def normalize_save_path(text: str, fmt: str) -> Path:
     return path
 
 
-def save_options(path_text: str, fmt: str, dtype_text: str, shard_text: str) -> SaveOptions:
-    """Validate the dialog's fields; MergerError saying which field is wrong."""
+def save_options(
+    path_text: str,
+    fmt: str,
+    dtype_text: str,
+    shard_text: str,
+    *,
+    protect: Sequence[str] = (),
+    folder: Path | None = None,
+) -> SaveOptions:
+    """Validate the dialog's fields; MergerError saying which field is wrong.
+
+    A relative path is taken in `folder` (where the dialog suggested saving), not in the
+    app's working folder, which a desktop user never chose. An output that would replace
+    one of the models in `protect` (or a folder that is not a model) is refused here,
+    before anyone is asked whether to replace it."""
     from core.checkpoints import parse_size
+    from core.checkpoints.output_paths import check_output_path
 
     if not path_text.strip():
         raise OutputError("choose where to save the merged model")
     path = normalize_save_path(path_text, fmt)
+    if not path.is_absolute() and folder is not None:
+        path = folder / path
+    check_output_path(path, protect, overwrite=True)
     shard = None
     if shard_text.strip():
         try:
@@ -132,10 +150,14 @@ def save_options(path_text: str, fmt: str, dtype_text: str, shard_text: str) -> 
 class QtSaveDialog(QDialog):
     """Asks for path, format, dtype and shard size; `options` is set when accepted."""
 
-    def __init__(self, parent: QWidget | None, suggested: Path) -> None:
+    def __init__(
+        self, parent: QWidget | None, suggested: Path, protect: Sequence[str] = ()
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Save merged model")
         self.options: SaveOptions | None = None
+        self._folder = suggested.parent
+        self._protect = tuple(protect)
         self.path = QLineEdit(str(suggested), self)
         browse = QPushButton("Browse…", self)
         browse.clicked.connect(self._browse)
@@ -200,6 +222,8 @@ class QtSaveDialog(QDialog):
                 self.dtype.currentText(),
                 # a size typed for a folder, then left behind when File was picked: unused
                 self.shard.text() if self.shard.isEnabled() else "",
+                protect=self._protect,
+                folder=self._folder,
             )
         except MergerError as exc:
             self.error.setText(f"⚠ {exc}")

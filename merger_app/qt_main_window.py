@@ -281,7 +281,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
             return
         folder = self.settings.last_folder("save") or str(Path.home())
         suggested = Path(folder) / f"merged-{self.result_recipe.merge_method}.safetensors"
-        dialog = QtSaveDialog(self, suggested)
+        dialog = QtSaveDialog(self, suggested, [r.path for r in self.models.model.rows()])
         if not dialog.exec() or dialog.options is None:
             self._close_after_save = False
             return

@@ -420,6 +420,31 @@ def test_a_shard_size_left_behind_by_a_switch_to_file_is_not_used(qtbot, tmp_pat
     assert dialog.options.path.suffix == ".safetensors"
 
 
+def test_the_save_dialog_refuses_an_input_and_takes_a_relative_path_in_its_folder(
+    qtbot, tiny, tmp_path
+):
+    """An input model is refused in the dialog itself, before any 'Replace it?'; a bare
+    name lands in the suggested folder, not in the app's working folder."""
+    from merger_app.qt_dialogs import FOLDER_FORMAT, QtSaveDialog
+
+    folder = tmp_path / "hf_model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(tiny.base.read_bytes())
+    inputs = [str(folder), str(tiny.base)]
+    dialog = QtSaveDialog(None, tmp_path / "out" / "merged.safetensors", inputs)
+    qtbot.addWidget(dialog)
+    for target, fmt in ((folder, FOLDER_FORMAT), (folder / "model.safetensors", None)):
+        if fmt:
+            dialog.format.setCurrentText(fmt)
+        dialog.path.setText(str(target))
+        dialog.accept()
+        assert dialog.options is None and "input" in dialog.error.text(), dialog.error.text()
+    dialog.path.setText("rel_out")
+    dialog.accept()
+    assert dialog.options is not None
+    assert dialog.options.path == tmp_path / "out" / "rel_out"
+
+
 def test_models_move_from_the_keyboard_and_the_buttons_take_focus(window, tiny, qtbot):
     from PySide6.QtCore import Qt
     from PySide6.QtWidgets import QApplication
