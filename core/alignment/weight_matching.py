@@ -178,6 +178,8 @@ def _fraction_done(sweep: int, step: int, settled: int, groups: int) -> float:
 
     How many sweeps remain is unknown; the first sweep's steps are known and costly, and
     after it, how many groups already stay put is the honest measure of the rest."""
+    if groups == 0:  # nothing to permute: done as soon as it starts
+        return 1.0
     if sweep == 0:
         return _FIRST_SWEEP_SHARE * step / groups
     return _FIRST_SWEEP_SHARE + (1 - _FIRST_SWEEP_SHARE) * settled / groups

@@ -304,3 +304,13 @@ def test_cancel_is_answered_inside_a_long_product(monkeypatch):
     with pytest.raises(Cancelled):
         wm.weight_matching(spec, a, b, progress=progress)
     assert checks[-1] == "sweep 1: group 1 of 3"  # answered in the step that was running
+
+
+def test_a_model_with_nothing_to_permute_reports_progress_and_finishes():
+    """One Linear layer: no hidden units, no groups; the bar is full, nothing divides by 0."""
+    spec = PermutationSpec({}).infer_sizes({})
+    a, b = {"w": torch.ones(2, 3)}, {"w": torch.zeros(2, 3)}
+    events = []
+    result = weight_matching(spec, a, b, progress=Progress(events.append, min_interval=0.0))
+    assert result.perms == {} and result.converged
+    assert events and events[-1].fraction == 1.0
