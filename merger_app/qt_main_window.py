@@ -75,6 +75,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.result: Any = None  # the last MergeResult, in the session folder
         self.result_recipe: Recipe | None = None
         self.saved = True
+        self._saved_to: Path | None = None  # where the current result was last saved
         self.last_error: QMessageBox | None = None
         self._failed_merge: tuple[Recipe | None, str] | None = None  # (settings, why)
         # (models then listed, what was missing) after a recipe opened without some models
@@ -244,6 +245,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
         def done(result) -> None:
             old = self.result
             self.result, self.result_recipe, self.saved = result, recipe, False
+            self._saved_to = None
             if old is not None and Path(old.out) != Path(result.out):
                 remove_path(Path(old.out))
             for note in result.notes:
@@ -311,6 +313,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
 
         def done(files) -> None:
             self.saved = True
+            self._saved_to = options.path
             self.settings.set_last_folder("save", options.path)
             self.jobs.append("Saved " + ", ".join(str(f) for f in files))
             self.save_finished.emit(files)
@@ -465,6 +468,10 @@ class QtMainWindow(QtFileActions, QMainWindow):
             if current:
                 return "Merged. Save the result (Ctrl+S), or change settings and merge again."
             return STALE_RESULT
+        if self.result is not None and current and self._saved_to is not None:
+            return (
+                f"Saved to {self._saved_to}. Save it elsewhere, or change settings and merge again."
+            )
         return "Ready to merge."
 
     def _save_tip(self, current: bool) -> str:

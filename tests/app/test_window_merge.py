@@ -83,6 +83,7 @@ def test_saved_file_equals_the_clis_output_for_the_exported_recipe(window, qtbot
     assert merge(window, qtbot) is not None
     saved = save(window, qtbot, SaveOptions(tmp_path / "gui.safetensors"))
     assert saved == [tmp_path / "gui.safetensors"] and window.saved
+    assert window.hint.text().startswith("Saved to ") and "gui.safetensors" in window.hint.text()
     assert window.export_recipe(tmp_path / "recipe.yaml")
     assert (
         cli_main(
