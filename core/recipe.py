@@ -166,8 +166,7 @@ class Recipe:
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            where = str(exc).replace('"<unicode string>"', source).replace("\n", " ")
-            raise RecipeError(f"not valid YAML: {where}", file=source) from None
+            raise RecipeError(f"not valid YAML: {_yaml_problem(exc)}", file=source) from None
         return cls.from_dict(raw, source=source, root=root)
 
     @classmethod
@@ -224,6 +223,24 @@ class Recipe:
             if m.model not in paths:
                 paths.append(m.model)
         return paths
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's complaint on one line: what is wrong, where (line and column, with
+    that line's text), and what it was reading, without the source-excerpt layout whose
+    '^' only lines up across several lines."""
+    mark = getattr(exc, "problem_mark", None)
+    if not isinstance(exc, yaml.MarkedYAMLError) or mark is None:
+        return " ".join(str(exc).split())
+    lines = mark.buffer.split("\n") if mark.buffer else []
+    text = lines[mark.line].strip().rstrip("\x00") if mark.line < len(lines) else ""
+    out = f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    out += f" ('{text}')" if text else ""
+    if exc.context:
+        context_mark = exc.context_mark
+        started = f" that starts at line {context_mark.line + 1}" if context_mark else ""
+        out += f", {exc.context}{started}"
+    return " ".join(out.split())
 
 
 _FRANKEN = (

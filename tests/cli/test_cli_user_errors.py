@@ -556,7 +556,9 @@ def test_a_yaml_error_names_the_recipe_file(tmp_path, capsys):
     recipe.write_text("merge_method: linear\nmodels: [a, b\n")
     assert main(["run", str(recipe), "-o", str(tmp_path / "x.safetensors")]) == 1
     line = one_error_line(capsys)
-    assert f"in {recipe}, line" in line and "<unicode string>" not in line
+    assert line.startswith(f"merger: error: {recipe}: not valid YAML")
+    assert "at line 3, column 1" in line and "starts at line 2" in line
+    assert "<unicode string>" not in line
 
 
 def test_methods_lists_aliases(capsys):

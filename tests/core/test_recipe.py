@@ -77,6 +77,19 @@ def test_bad_recipes_get_clear_errors(text, match):
         validate_recipe(Recipe.from_yaml(text))
 
 
+def test_a_yaml_error_says_where_on_one_line():
+    """The parser's excerpt with a '^' under the column only works over several lines; on
+    the one line errors get, the line number, the column and that line's text do."""
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_yaml("merge_method: [ties\nmodels:\n  - model: a\n")
+    message = info.value.message
+    assert "\n" not in message and "^" not in message
+    assert message == (
+        "not valid YAML: expected ',' or ']', but got ':' at line 2, column 7 ('models:'), "
+        "while parsing a flow sequence that starts at line 1"
+    )
+
+
 def test_a_mistyped_parameter_gets_a_suggestion_and_the_list():
     """Top level: everything the method takes; per model: only per-model parameters."""
     top = "merge_method: ties\nbase_model: a\nmodels: [b]\nparameters: {lamda: 1}"
