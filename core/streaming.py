@@ -386,12 +386,19 @@ def check_cast_range(result: torch.Tensor, cast: torch.Tensor, name: str) -> Non
     check_compute_range(result, name)
     if not (result.dtype.is_floating_point and cast.dtype.is_floating_point):
         return
-    if torch.finfo(cast.dtype).max >= torch.finfo(result.dtype).max or _all_finite(cast):
+    if torch.finfo(cast.dtype).max >= torch.finfo(result.dtype).max:
+        return
+    if cast.element_size() == 1:  # float8 saturates (e4m3fn: 1000 → 448) instead of inf
+        largest = float(result.abs().max()) if result.numel() else 0.0
+        if largest <= torch.finfo(cast.dtype).max:
+            return
+    elif _all_finite(cast):
         return
     largest = float(result.abs().max())
     raise OutputError(
         f"merged values up to {largest:.4g} exceed {str(cast.dtype).removeprefix('torch.')}'s "
-        f"range (largest {torch.finfo(cast.dtype).max:.6g}) and would be saved as infinity",
+        f"range (largest {torch.finfo(cast.dtype).max:.6g}) and would be saved as "
+        f"{'its largest value' if cast.element_size() == 1 else 'infinity'}",
         tensor=name,
         hint="save as bfloat16 or float32 (--out-dtype, or Output dtype in the window)",
     )

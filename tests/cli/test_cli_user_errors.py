@@ -378,7 +378,7 @@ def test_a_merge_computed_in_float16_that_overflows_is_refused(tmp_path, capsys,
     assert tensors(out)["w"][0].item() == 60000.0
 
 
-def test_float8_checkpoints_merge(tmp_path):
+def test_float8_checkpoints_merge(tmp_path, capsys):
     """torch has no isfinite for float8: the range checks read such tensors as float32."""
     fp8 = torch.float8_e4m3fn
     base = {"w": torch.tensor([1.0, -2.0, 0.5]).to(fp8)}
@@ -392,6 +392,12 @@ def test_float8_checkpoints_merge(tmp_path):
     merged = tensors(out)["w"]
     assert merged.dtype == fp8
     assert merged.float().tolist() == [1.25, -1.5, 0.5]  # all exact in float8 e4m3
+    # float8 e4m3 has no infinity: a cast saturates (1000 → 448), silently but for this
+    save_file({"w": torch.tensor([400.0, -2.0, 0.5]).to(fp8)}, paths[1])  # 384 in e4m3
+    big = tmp_path / "big.safetensors"
+    assert main([*args, "--set", "lambda=2", "-o", str(big), "--quiet"]) == 1  # 1 + 2·383
+    assert "exceed float8_e4m3fn's range (largest 448)" in one_error_line(capsys)
+    assert not big.exists()
 
 
 # -- 6. align names the model whose architecture differs -------------------------------
