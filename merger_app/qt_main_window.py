@@ -438,14 +438,14 @@ class QtMainWindow(QtFileActions, QMainWindow):
     def _mark_batchnorm_setting(self) -> None:
         """Grey out 'Re-estimate BatchNorm' while model A has no BatchNorm statistics, and
         say so: the setting would do nothing (the merge notes it too)."""
-        form = self.method.form
-        if "reset_bn" not in form.values():
+        spec = self.method.spec()
+        if not any(p.name == "reset_bn" for p in spec.params):
             return
-        editor = form.editor("reset_bn")
+        editor = self.method.form.editor("reset_bn")
         rows = self.models.model.rows()
         applies = not rows or rows[0].batchnorm
         editor.setEnabled(applies)
-        param = self.method.spec().param("reset_bn")
+        param = spec.param("reset_bn")
         editor.setToolTip(
             param.help
             if applies

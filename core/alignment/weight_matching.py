@@ -126,9 +126,7 @@ def weight_matching(
     problem = _Problem(spec, state_a, state_b, dev, check=progress.check if progress else None)
     groups = [g for g in spec.groups if spec.sizes.get(g, 0) > 0]
     gen = torch.Generator().manual_seed(seed)
-    if progress is not None:
-        progress.check()
-    value = problem.objective(perms)
+    value = problem.objective(perms)  # checks for Cancel between tensors
     result = MatchResult(perms={}, initial_objective=value)
     settled_most = 0  # the bar never goes back, though a settled group may move again
     for sweep in range(max_iter):

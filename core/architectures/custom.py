@@ -36,6 +36,7 @@ from torch import nn
 from core.alignment.spec import PermutationSpec
 from core.alignment.tracing import trace_spec
 from core.architectures.base import Architecture, State, load_mismatch
+from core.checkpoints.reader import WRAPPER_PREFIXES
 from core.errors import MergerError
 
 
@@ -210,7 +211,8 @@ def _wrapper_prefix(model: nn.Module, state: State) -> str:
     names = set(model.state_dict())
     if not state or names == set(state):
         return ""
-    for prefix in ("module.", "_orig_mod.", "module._orig_mod.", "model."):
+    # the wrappers' prefixes alone and nested, and a LightningModule's `model.`
+    for prefix in (*WRAPPER_PREFIXES, "".join(WRAPPER_PREFIXES), "model."):
         if names == {f"{prefix}{k}" for k in state}:
             return prefix
     return ""

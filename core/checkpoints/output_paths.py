@@ -326,8 +326,8 @@ def remove_stale_temps(out: Path) -> list[Path]:
         siblings = list(out.parent.glob(f".{glob.escape(_temp_stem(out))}.tmp-*-*"))
     except OSError:
         return []
+    stem = re.escape(_temp_stem(out))
     for item in siblings:
-        stem = re.escape(_temp_stem(out))
         match = re.fullmatch(rf"\.{stem}\.tmp-(\d+)-[0-9a-f]{{8}}", item.name)
         if match is None or _process_exists(int(match.group(1))):
             continue

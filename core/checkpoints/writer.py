@@ -83,7 +83,7 @@ class CheckpointWriter:
         _check_extra_names(self._extra, self.shards)
         check_output_path(self.out, protect, overwrite=overwrite)
         self._created = make_parent(self.out)
-        self.stale_removed = remove_stale_temps(self.out)
+        remove_stale_temps(self.out)
         self._tmp = temp_name(self.out)
         try:
             if not self._single:
