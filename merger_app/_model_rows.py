@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from core.errors import MergerError
 from merger_app._format import dtype_name
 
 Role = Literal["base", "input"]
@@ -36,6 +37,8 @@ class ModelRow:
     # its weight files, resolved: a folder and the file inside it are one model
     files: tuple[str, ...] = ()
     batchnorm: bool = False  # holds BatchNorm running statistics (re-estimation applies)
+    unreadable: str | None = None  # why its files cannot be read since they changed on disk:
+    # 'it is no longer on disk', 'it changed on disk and cannot be read now: …'
 
     def with_(self, **changes: Any) -> ModelRow:
         return replace(self, **changes)
@@ -99,6 +102,35 @@ def summarize(path: str | Path) -> ModelRow:
         )
     finally:
         ckpt.close()
+
+
+def reread(row: ModelRow) -> ModelRow:
+    """`row` described anew from its files, which changed on disk (a training run wrote
+    them again, a copy was cut short, they were removed). What the user set (name, role,
+    values) is kept; what the files hold is read again. Files that cannot be read any more
+    leave the row in place with the reason, so the table says what happened to it."""
+    files = row.files or (row.path,)
+    if not any(os.path.exists(f) for f in files):
+        return row.with_(unreadable="it is no longer on disk", total_bytes=None)
+    try:
+        fresh = summarize(row.path)
+    except (MergerError, OSError) as exc:
+        sizes = [os.path.getsize(f) for f in files if os.path.isfile(f)]
+        why = exc.message if isinstance(exc, MergerError) and exc.file else str(exc)
+        return row.with_(
+            unreadable=f"it changed on disk and cannot be read now: {why}",
+            total_bytes=sum(sizes) if sizes else None,
+        )
+    return row.with_(
+        format=fresh.format,
+        num_parameters=fresh.num_parameters,
+        dtype=fresh.dtype,
+        total_bytes=fresh.total_bytes,
+        notes=fresh.notes,
+        files=fresh.files,
+        batchnorm=fresh.batchnorm,
+        unreadable=None,
+    )
 
 
 def set_role(rows: list[ModelRow], index: int, role: Role) -> list[ModelRow]:

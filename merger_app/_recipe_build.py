@@ -153,7 +153,11 @@ def merge_blockers(
     """
     if not rows:
         return ["Add models to merge: File ▸ Add Models (Ctrl+O) or drop files on the window."]
-    out = []
+    out = [
+        f"{r.name}: {r.unreadable}. Put it back, or remove it from the list."
+        for r in rows
+        if r.unreadable
+    ]
     base, inputs = roles_for(spec, rows)
     needs = spec.needs
     if needs.base and base is None:

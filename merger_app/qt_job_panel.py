@@ -96,6 +96,16 @@ class QtJobPanel(QWidget):
         self.cancel_button.setEnabled(False)
         self.append(f"{text} ({human_duration(elapsed)})")
 
+    def clear_outcome(self) -> None:
+        """Show 'Ready.' instead of how the last job ended, once that no longer describes
+        what the window shows (a failed merge, after its models or settings changed).
+        The log keeps the record."""
+        if self._timer.isActive() or self.step.text() == "Ready.":
+            return
+        self.bar.setValue(0)
+        self.step.setText("Ready.")
+        self.times.setText("")
+
     def append(self, line: str) -> None:
         self.log.appendPlainText(line)
         self.log.moveCursor(QTextCursor.MoveOperation.End)

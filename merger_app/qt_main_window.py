@@ -433,6 +433,9 @@ class QtMainWindow(QtFileActions, QMainWindow):
         tip = blockers[0] if blockers else "Merge the models (Ctrl+Return)"
         self.merge_button.setToolTip(tip)
         self._set_hint(self._hint_text(blockers, current))
+        failed = self._failed_merge
+        if failed is not None and not running and failed[0] != self._recipe_or_none():
+            self.jobs.clear_outcome()  # "Merge failed." would now read as about these
         self._mark_batchnorm_setting()
 
     def _mark_batchnorm_setting(self) -> None:

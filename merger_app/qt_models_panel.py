@@ -8,9 +8,10 @@ from the parameter schema (range-checked spin boxes), the role with a combo box.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QFileSystemWatcher, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -31,7 +32,7 @@ from PySide6.QtWidgets import (
 from core.errors import MergerError
 from core.methods.registry import Param
 from merger_app._format import human_bytes
-from merger_app._model_rows import ROLES, ModelRow, normalize_path, summarize
+from merger_app._model_rows import ROLES, ModelRow, normalize_path, reread, summarize
 from merger_app.qt_models_table import ROLE, QtModelsTable
 
 
@@ -92,6 +93,9 @@ def make_number_editor(param: Param, parent: QWidget | None = None) -> QWidget |
 
 
 NAME_MIN_WIDTH = 120  # pixels: enough for a dozen characters of a model's name
+# A changed model file is read again this long after its last change: a writer (a training
+# run saving a checkpoint, a copy) changes it many times in a row.
+REREAD_DELAY_MS = 500
 
 
 class QtModelsPanel(QWidget):
@@ -158,6 +162,17 @@ class QtModelsPanel(QWidget):
         layout.addLayout(bar)
         layout.addWidget(self.view, 1)
         layout.addWidget(self.summary)
+
+        # Rows follow their files: a checkpoint written again, cut short or removed after it
+        # was added is read again, so Size and the rest never describe a file that is gone.
+        self._watcher = QFileSystemWatcher(self)
+        self._watcher.fileChanged.connect(self._on_file_changed)
+        self._watcher.directoryChanged.connect(self._on_folder_changed)
+        self._changed_files: set[str] = set()
+        self._reread_timer = QTimer(self)
+        self._reread_timer.setSingleShot(True)
+        self._reread_timer.setInterval(REREAD_DELAY_MS)
+        self._reread_timer.timeout.connect(self._reread_changed)
 
         self.model.changed.connect(self._on_changed)
         self.view.selectionModel().selectionChanged.connect(self._update_buttons)
@@ -241,6 +256,42 @@ class QtModelsPanel(QWidget):
         lines = [f"{Path(p).name}: {r}" for p, rs in report.problems.items() for r in rs]
         self._show_summary("\n".join(lines) if lines and not report.ok else None)
 
+    # -- following the files ------------------------------------------------------------------
+    def _watch_files(self) -> None:
+        """Watch exactly the listed models' files, and the folder of any that is gone, to
+        see it come back. A file removed or replaced by a rename (an atomic save) drops
+        out of the watcher, so this also re-adds paths that exist again."""
+        files = {f for r in self.model.rows() for f in (r.files or (r.path,))}
+        wanted = {f for f in files if os.path.isfile(f)}
+        wanted |= {os.path.dirname(f) for f in files - wanted if os.path.isdir(os.path.dirname(f))}
+        watched = set(self._watcher.files()) | set(self._watcher.directories())
+        if watched - wanted:
+            self._watcher.removePaths(sorted(watched - wanted))
+        if wanted - watched:
+            self._watcher.addPaths(sorted(wanted - watched))
+
+    def _on_file_changed(self, path: str) -> None:
+        self._changed_files.add(path)
+        self._reread_timer.start()  # restarts: read once the writer is done
+
+    def _on_folder_changed(self, folder: str) -> None:
+        """A folder holding a missing model changed: perhaps the model is back."""
+        rows = self.model.rows()
+        self._changed_files |= {
+            f for r in rows for f in (r.files or (r.path,)) if os.path.dirname(f) == folder
+        }
+        self._reread_timer.start()
+
+    def _reread_changed(self) -> None:
+        """Read again the rows whose files changed, then check the models anew."""
+        changed, self._changed_files = self._changed_files, set()
+        rows = self.model.rows()
+        fresh = [reread(r) if changed & set(r.files or (r.path,)) else r for r in rows]
+        if fresh != rows:
+            self.model.update_rows(fresh)
+        self.refresh_compat()
+        self._on_changed()
+
     # -- internals ------------------------------------------------------------------------
     def _show_summary(self, problem: str | None) -> None:
         rows = self.model.rows()
@@ -255,6 +306,7 @@ class QtModelsPanel(QWidget):
             self.summary.setText("Drop checkpoint files or folders here, or click Add.")
 
     def _on_changed(self) -> None:
+        self._watch_files()
         if len(self.model.rows()) < 2:
             self.model.set_problems({})
             self._show_summary(None)

@@ -107,6 +107,14 @@ class QtModelsTable(QAbstractTableModel):
         self.set_rows(move(self._rows, index, delta))
         return max(0, min(len(self._rows) - 1, index + delta))
 
+    def update_rows(self, rows: list[ModelRow]) -> None:
+        """The same models described anew (read again from disk): the view keeps its
+        selection and scroll position, unlike `set_rows`. Emits no `changed`: the caller
+        re-checks the models first, then says so."""
+        assert [r.path for r in rows] == [r.path for r in self._rows]
+        self._rows = list(rows)
+        self._emit_all()
+
     def set_problems(self, problems: dict[str, str | None]) -> None:
         """Mark rows by path with the reason they cannot be merged (None clears)."""
         updated = [r.with_(problem=problems.get(r.path)) for r in self._rows]
@@ -213,6 +221,7 @@ class QtModelsTable(QAbstractTableModel):
             if col == NAME:
                 lines = [row.path, *(f"ℹ {n}" for n in row.notes)]
                 lines += [f"⚠ {row.problem}"] if row.problem else []
+                lines += [f"⚠ {row.unreadable}"] if row.unreadable else []
                 return "\n".join(lines)
             if col == ROLE and not self._uses_base:
                 return (
@@ -232,7 +241,11 @@ class QtModelsTable(QAbstractTableModel):
                     f"{param.name} varies by layer or tensor name here (from the recipe): "
                     f"{row.values[param.name]}. Edit the recipe to change it."
                 )
-        if role == Qt.ItemDataRole.DecorationRole and col == NAME and row.problem:
+        if (
+            role == Qt.ItemDataRole.DecorationRole
+            and col == NAME
+            and (row.problem or row.unreadable)
+        ):
             return QApplication.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning)
         if (
             role == Qt.ItemDataRole.FontRole

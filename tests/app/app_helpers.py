@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from core.methods import REGISTRY
 
 
@@ -56,3 +58,16 @@ def save_tiny(path: Path, tensors: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     return path
+
+
+def nan_copy(src: Path, dst: Path) -> Path:
+    """A copy of a safetensors model with one NaN weight: its headers read fine, so it is
+    added without complaint, and only the merge refuses it (a failure at merge time that
+    nothing on disk has to change for)."""
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(src))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].copy()
+    tensors[name].flat[0] = np.nan
+    return save_tiny(dst, tensors)

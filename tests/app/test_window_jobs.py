@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from app_helpers import load_for_method, merge, save_tiny, wait_idle
+from app_helpers import load_for_method, merge, nan_copy, save_tiny, wait_idle
 from PySide6.QtCore import QElapsedTimer, QTimer
 
 from merger_app._session import OWNER
@@ -113,24 +112,24 @@ def test_closing_during_a_merge_cancels_and_waits(window, qtbot, big):
 
 
 def test_failed_merge_shows_the_error_and_the_hint_keeps_saying_so(window, qtbot, tiny, tmp_path):
-    import shutil
-
-    gone = shutil.copy(tiny.models["a"], tmp_path / "gone.safetensors")
+    bad = nan_copy(tiny.models["a"], tmp_path / "bad.safetensors")
     load_for_method(window, tiny, "task_arithmetic")
-    assert not window.add_models([gone])
-    (tmp_path / "gone.safetensors").unlink()  # vanishes after it was added
+    assert not window.add_models([bad])
     assert merge(window, qtbot) is None
     box = window.last_error
     assert box is not None and box.isVisible()
-    assert "gone.safetensors" in box.text()
+    assert "bad.safetensors" in box.text() and "NaN" in box.text()
     assert box.detailedText() == ""  # a user error: its message, no traceback to show
     assert "failed" in window.jobs.step.text()
     box.close()
     # the hint keeps saying so while the settings are the ones that failed
     assert window.hint.text().startswith("⚠ The last merge with these settings failed")
-    assert "gone.safetensors" in window.hint.text()
+    assert "bad.safetensors" in window.hint.text()
     window.method.form.set_values({"lambda": 0.3})
     assert "failed" not in window.hint.text()
+    # nor does the progress line, which would now read as about these settings
+    assert window.jobs.step.text() == "Ready."
+    assert "Merge failed." in window.jobs.log.toPlainText()  # the log keeps the record
 
 
 def test_a_model_no_architecture_fits_blocks_merge_with_the_reason(window, qtbot, tmp_path):
@@ -157,8 +156,7 @@ def test_a_model_no_architecture_fits_blocks_merge_with_the_reason(window, qtbot
 
 
 def test_a_long_user_error_is_a_short_hint_and_a_box_without_details(window, qtbot, tmp_path):
-    """A user error at merge time (here a model deleted after it was added, under a long
-    name) shows in a box without a traceback; the hint gives a short summary (the layout
+    """A user error at merge time (here a model with a NaN weight, under a long name) shows in a box without a traceback; the hint gives a short summary (the layout
     keeps its place), the full message is in the hint's tooltip and in the log."""
     rng = np.random.default_rng(0)
     long_name = "a_model_with_a_rather_long_descriptive_name_" * 3
@@ -166,9 +164,9 @@ def test_a_long_user_error_is_a_short_hint_and_a_box_without_details(window, qtb
         save_tiny(tmp_path / f"{long_name}{i}.safetensors", {"w": rng.random((4, 3), np.float32)})
         for i in range(2)
     ]
+    nan_copy(paths[1], paths[1])
     window.method.set_method("linear")
     assert not window.add_models(paths)
-    Path(paths[1]).unlink()
     assert merge(window, qtbot) is None
     box = window.last_error
     assert f"{long_name}1.safetensors" in box.text()

@@ -174,11 +174,9 @@ def test_save_is_off_while_the_window_shows_other_models_or_settings(window, qtb
 
 
 def test_a_later_blocked_or_failed_merge_leaves_save_off(window, qtbot, tiny, tmp_path):
-    """The trial: merge, add a model that does not fit (blocked) or one that is gone by
-    the time of the merge (fails): Save must not offer the earlier models' merge."""
-    import shutil
-
-    from app_helpers import save_tiny
+    """The trial: merge, add a model that does not fit (blocked) or one the merge refuses
+    (a NaN weight): Save must not offer the earlier models' merge."""
+    from app_helpers import nan_copy, save_tiny
 
     load_for_method(window, tiny, "task_arithmetic")
     assert merge(window, qtbot) is not None
@@ -193,9 +191,7 @@ def test_a_later_blocked_or_failed_merge_leaves_save_off(window, qtbot, tiny, tm
     window.models.remove_button.click()
     assert window.save_button.isEnabled()  # the merged models again
 
-    gone = shutil.copy(tiny.models["a"], tmp_path / "gone.safetensors")
-    assert not window.add_models([gone])
-    (tmp_path / "gone.safetensors").unlink()
+    assert not window.add_models([nan_copy(tiny.models["a"], tmp_path / "bad.safetensors")])
     assert merge(window, qtbot) is None
     window.last_error.close()
     assert window.hint.text().startswith("⚠ The last merge with these settings failed")

@@ -1,0 +1,77 @@
+"""Rows follow their files: a checkpoint written again, cut short or removed after it was
+added is read again, and the window says what happened instead of showing what the file
+held when it was added (the trial: a truncated file kept its old Size until Merge failed)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from app_helpers import save_tiny
+
+from merger_app._format import human_bytes
+
+
+def _row(window, name: str):
+    return next(r for r in window.models.model.rows() if r.name == name)
+
+
+def _two_models(window, tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    paths = tuple(
+        save_tiny(tmp_path / f"m{i}.safetensors", {"w": rng.random((8, 4), np.float32)})
+        for i in range(2)
+    )
+    window.method.set_method("linear")
+    assert not window.add_models(list(paths))
+    assert window.merge_button.isEnabled()
+    return paths
+
+
+def test_a_model_removed_after_it_was_added_blocks_merge_until_it_is_back(window, qtbot, tmp_path):
+    first, second = _two_models(window, tmp_path)
+    kept = shutil.copy(second, tmp_path / "kept.bin")
+    second.unlink()
+    qtbot.waitUntil(lambda: _row(window, "m1.safetensors").unreadable is not None, timeout=5000)
+    assert not window.merge_button.isEnabled()
+    hint = window.hint.toolTip() or window.hint.text()
+    assert "m1.safetensors: it is no longer on disk. Put it back" in hint
+    assert "remove it from the list" in hint
+    table = window.models.model
+    tip = table.data(table.index(1, 0), 0x03)  # ToolTipRole: the reason, on the row
+    assert "⚠" in tip and "m1.safetensors" in tip
+
+    shutil.copy(kept, second)  # put back: its folder is watched while it is gone
+    qtbot.waitUntil(lambda: _row(window, "m1.safetensors").unreadable is None, timeout=5000)
+    assert window.merge_button.isEnabled()
+
+
+def test_a_model_written_again_shows_its_new_size_and_shape(window, qtbot, tmp_path):
+    first, _ = _two_models(window, tmp_path)
+    before = _row(window, "m0.safetensors")
+    save_tiny(first, {"w": np.zeros((8, 4), np.float32), "b": np.zeros(64, np.float32)})
+    qtbot.waitUntil(
+        lambda: _row(window, "m0.safetensors").total_bytes != before.total_bytes, timeout=5000
+    )
+    after = _row(window, "m0.safetensors")
+    assert after.total_bytes == (8 * 4 + 64) * 4  # float32 values
+    assert after.num_parameters == 8 * 4 + 64
+    table = window.models.model
+    size_column = table.columnCount() - 1
+    assert table.data(table.index(0, size_column), 0) == human_bytes(after.total_bytes)
+    # the second model now lacks tensor b: the rows say the two cannot be merged
+    qtbot.waitUntil(lambda: any(r.problem for r in window.models.model.rows()), timeout=5000)
+
+
+def test_a_model_cut_short_after_it_was_added_says_so(window, qtbot, tmp_path):
+    first, _ = _two_models(window, tmp_path)
+    data = first.read_bytes()
+    first.write_bytes(data[: len(data) - 16])  # a copy that stopped early
+    qtbot.waitUntil(lambda: _row(window, "m0.safetensors").unreadable is not None, timeout=5000)
+    row = _row(window, "m0.safetensors")
+    assert row.total_bytes == len(data) - 16  # the size on disk now, not when added
+    assert row.unreadable.startswith("it changed on disk and cannot be read now: ")
+    assert "m0.safetensors" not in row.unreadable  # the hint names it once, in front
+    assert not window.merge_button.isEnabled()
+    assert window.hint.text().startswith("⚠ m0.safetensors: it changed on disk")
