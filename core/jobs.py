@@ -27,6 +27,9 @@ class ProgressEvent:
     done: float
     total: float
     message: str = ""
+    # How long the rest takes cannot be told (coordinate descent runs until a sweep changes
+    # nothing): fronts show the bar and the elapsed time, but no estimate of time left.
+    open_ended: bool = False
 
     @property
     def fraction(self) -> float:
@@ -60,9 +63,11 @@ class Progress:
         self.last: ProgressEvent | None = None
 
     # -- reporting -------------------------------------------------------------
-    def update(self, done: float, total: float, message: str = "") -> None:
-        """Report progress; also a cancellation point."""
-        event = ProgressEvent(done, total, message)
+    def update(
+        self, done: float, total: float, message: str = "", *, open_ended: bool = False
+    ) -> None:
+        """Report progress; also a cancellation point. `open_ended`: see ProgressEvent."""
+        event = ProgressEvent(done, total, message, open_ended)
         with self._lock:
             self.last = event
             now = time.monotonic()
@@ -113,9 +118,16 @@ class _Stage(Progress):
     def last(self) -> ProgressEvent | None:  # type: ignore[override]
         return self._parent.last
 
-    def update(self, done: float, total: float, message: str = "") -> None:
+    def update(
+        self, done: float, total: float, message: str = "", *, open_ended: bool = False
+    ) -> None:
         fraction = min(1.0, done / total) if total > 0 else 1.0
-        self._parent.update(self._start + (self._stop - self._start) * fraction, 1.0, message)
+        self._parent.update(
+            self._start + (self._stop - self._start) * fraction,
+            1.0,
+            message,
+            open_ended=open_ended,
+        )
 
     def log(self, message: str) -> None:
         self._parent.log(message)

@@ -303,7 +303,9 @@ def _resolve_data(value: Any, root: Path | None) -> str | None:
     if value is None:
         return None
     text = str(value)
-    return text if text == "digits" else _resolve(text, root)
+    if text.strip().lower() == "digits" and not Path(text).exists():  # the built-in set,
+        return "digits"  # however it is capitalised (a file of that name would win)
+    return _resolve(text, root)
 
 
 def _resolve_arch(value: Any, root: Path | None) -> str | None:

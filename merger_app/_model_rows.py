@@ -76,7 +76,11 @@ def main_dtype(dtypes: list[Any]) -> str:
         return ""
     counts = Counter(dtype_name(d) for d in dtypes)
     top, _ = counts.most_common(1)[0]
-    return top + (" (mixed)" if len(counts) > 1 else "")
+    # integer buffers beside float weights (BatchNorm's counter) are not a mix of
+    # precisions, which is what '(mixed)' warns of
+    floats = {name for name in counts if "float" in name}
+    mixed = len(floats) > 1 or (not floats and len(counts) > 1)
+    return top + (" (mixed)" if mixed else "")
 
 
 def summarize(path: str | Path) -> ModelRow:

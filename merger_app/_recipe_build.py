@@ -187,9 +187,22 @@ def merge_blockers(
         and not any(r.problem for r in rows)
         and (fit := _fit_problem(arch or "", inputs[0].path))
     ):
-        out.append(f"{inputs[0].name}: {fit}")
+        out.append(_misfit(inputs[0].name, arch, fit))
     out.extend(f"{r.name} cannot be merged: {r.problem}" for r in rows if r.problem)
     return out
+
+
+def _misfit(name: str, arch: str | None, why: str) -> str:
+    """Model A does not fit: what to do first (the hint shows one line), then why."""
+    if arch:
+        return (
+            f"{name} does not fit '{arch}': pick the architecture it was trained with, or "
+            f"your model's .py under Architecture. Why: {why}"
+        )
+    return (
+        f"{name} fits no built-in architecture: pick your model's .py under Architecture "
+        f"(path/model.py:factory). Why: {why}"
+    )
 
 
 def _fit_problem(arch: str, path: str) -> str | None:
@@ -234,3 +247,29 @@ def rows_from_recipe(recipe: Recipe, spec: MethodSpec) -> list[tuple[str, str, d
             continue
         out.append((path, "input", vals))
     return out
+
+
+def files_stamp(recipe: Recipe | None) -> tuple:
+    """What a recipe's files are on disk now: (path, modified, size) for each model file
+    (inside a folder too), the data file and an architecture's .py; None for one that is
+    missing. Equal stamps: nothing the recipe reads has changed."""
+    if recipe is None:
+        return ()
+    paths = [m.model for m in recipe.models]
+    paths += [recipe.base_model] if recipe.base_model else []
+    paths += [recipe.data] if recipe.data and recipe.data != "digits" else []
+    paths += [recipe.arch.rsplit(":", 1)[0]] if recipe.arch and ".py:" in recipe.arch else []
+    stamp = []
+    for path in map(Path, paths):
+        try:
+            files = sorted(path.iterdir()) if path.is_dir() else [path]
+        except OSError:  # an unreadable folder: the merge will say so
+            files = [path]
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                stamp.append((str(f), None))
+                continue
+            stamp.append((str(f), st.st_mtime_ns, st.st_size))
+    return tuple(stamp)

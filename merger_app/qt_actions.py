@@ -116,7 +116,7 @@ def build_actions(window: QMainWindow) -> Actions:
         merge=_action(
             window,
             "&Merge",
-            ["Ctrl+Return", "Ctrl+M"],
+            ["Ctrl+Return", "Ctrl+Enter", "Ctrl+M"],  # Enter: the keypad key
             "Merge the models with the chosen method",
             sp.SP_MediaPlay,
         ),

@@ -64,6 +64,7 @@ class QtJobPanel(QWidget):
 
         self._started = 0.0
         self._fraction = 0.0
+        self._open_ended = False  # the job cannot tell how long the rest takes
         self._timer = QTimer(self)
         self._timer.setInterval(1000)
         self._timer.timeout.connect(self._show_times)
@@ -71,6 +72,7 @@ class QtJobPanel(QWidget):
     def start(self, title: str) -> None:
         self._started = time.monotonic()
         self._fraction = 0.0
+        self._open_ended = False
         self.bar.setValue(0)
         self.step.setText(f"{title}…")
         self.cancel_button.setEnabled(True)
@@ -78,8 +80,11 @@ class QtJobPanel(QWidget):
         self._show_times()
         self._timer.start()
 
-    def on_progress(self, done: float, total: float, message: str) -> None:
+    def on_progress(
+        self, done: float, total: float, message: str, open_ended: bool = False
+    ) -> None:
         self._fraction = 0.0 if total <= 0 else min(1.0, max(0.0, done / total))
+        self._open_ended = open_ended
         self.bar.setValue(round(self._fraction * _STEPS))
         if message:
             self.step.setText(message)
@@ -88,8 +93,8 @@ class QtJobPanel(QWidget):
     def finish(self, text: str, *, complete: bool) -> None:
         """Stop the clock and say how the job ended."""
         self._timer.stop()
-        if complete:
-            self.bar.setValue(_STEPS)
+        # a bar left half full beside "cancelled" or "failed" reads as half done
+        self.bar.setValue(_STEPS if complete else 0)
         elapsed = time.monotonic() - self._started
         self.step.setText(text)
         self.times.setText(f"took {human_duration(elapsed)}")
@@ -112,8 +117,10 @@ class QtJobPanel(QWidget):
 
     def _show_times(self) -> None:
         elapsed = time.monotonic() - self._started
-        left = remaining_seconds(elapsed, self._fraction)
+        left = None if self._open_ended else remaining_seconds(elapsed, self._fraction)
         text = f"elapsed {human_duration(elapsed)}"
         if left is not None:
             text += f" · about {human_duration(left)} left"
+        elif self._open_ended:
+            text += " · time left unknown"
         self.times.setText(text)

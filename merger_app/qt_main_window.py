@@ -29,7 +29,7 @@ from core.methods import REGISTRY
 from core.recipe import Recipe
 from merger_app._format import shorten_paths, summary_line
 from merger_app._jobs import demo_folder, demo_job, export_job, merge_job, remove_path
-from merger_app._recipe_build import build_recipe, merge_blockers
+from merger_app._recipe_build import build_recipe, files_stamp, merge_blockers
 from merger_app._session import new_session, sweep_stale_sessions
 from merger_app.qt_actions import build_actions, explain_when_disabled
 from merger_app.qt_dialogs import (
@@ -77,7 +77,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.saved = True
         self._saved_to: Path | None = None  # where the current result was last saved
         self.last_error: QMessageBox | None = None
-        self._failed_merge: tuple[Recipe | None, str] | None = None  # (settings, why)
+        # (settings, their files on disk, why): said until either changes
+        self._failed_merge: tuple[Recipe | None, tuple, str] | None = None
         # (models then listed, what was missing) after a recipe opened without some models
         self.partial_recipe: tuple[tuple, str] | None = None
         sweep_stale_sessions()  # what killed windows left behind
@@ -388,9 +389,9 @@ class QtMainWindow(QtFileActions, QMainWindow):
         if outcome[0] == "ok":
             if name == "merge":
                 self._failed_merge = None
-            self.jobs.finish(_DONE_TEXT.get(name, f"{name.capitalize()} finished."), complete=True)
-            if callback is not None:
+            if callback is not None:  # its notes go to the log before the closing line
                 callback(outcome[1])
+            self.jobs.finish(_DONE_TEXT.get(name, f"{name.capitalize()} finished."), complete=True)
             self._update_actions()
             return
         self._close_after_save = False
@@ -398,7 +399,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
             self.jobs.finish(f"{name.capitalize()} failed.", complete=False)
             self.jobs.append(outcome[1])
             if name == "merge":  # said in the hint until the settings change
-                self._failed_merge = (self._recipe_or_none(), outcome[1])
+                recipe = self._recipe_or_none()
+                self._failed_merge = (recipe, files_stamp(recipe), outcome[1])
                 self._update_actions()
             self._error(f"{name.capitalize()} failed", outcome[1], outcome[2])
         elif name == "demo":  # its half-made models are remade next time, not kept
@@ -433,8 +435,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
         tip = blockers[0] if blockers else "Merge the models (Ctrl+Return)"
         self.merge_button.setToolTip(tip)
         self._set_hint(self._hint_text(blockers, current))
-        failed = self._failed_merge
-        if failed is not None and not running and failed[0] != self._recipe_or_none():
+        if self._failed_merge is not None and not running and not self._failure_applies():
             self.jobs.clear_outcome()  # "Merge failed." would now read as about these
         self._mark_batchnorm_setting()
 
@@ -458,11 +459,10 @@ class QtMainWindow(QtFileActions, QMainWindow):
     def _hint_text(self, blockers: list[str], current: bool) -> str:
         """What to do next: what blocks Merge, the failure of the last merge with these
         settings, or what to do with its result."""
-        failed = self._failed_merge
         if blockers:
             return f"⚠ {blockers[0]}"
-        if failed is not None and failed[0] is not None and failed[0] == self._recipe_or_none():
-            why = failed[1].strip() or "see the log"
+        if self._failure_applies():
+            why = self._failed_merge[2].strip() or "see the log"  # type: ignore[index]
             return f"⚠ The last merge with these settings failed: {why}"
         partial = self.partial_recipe
         if partial is not None and partial[0] == self.models_key():
@@ -476,6 +476,16 @@ class QtMainWindow(QtFileActions, QMainWindow):
                 f"Saved to {self._saved_to}. Save it elsewhere, or change settings and merge again."
             )
         return "Ready to merge."
+
+    def _failure_applies(self) -> bool:
+        """Whether the last failed merge had these settings and these files: a model, data
+        or architecture file written again since may well work (a file put back, a
+        .npz fixed in place), so its failure is no longer this merge's to repeat."""
+        failed = self._failed_merge
+        if failed is None or failed[0] is None:
+            return False
+        recipe = self._recipe_or_none()
+        return recipe == failed[0] and files_stamp(recipe) == failed[1]
 
     def _save_tip(self, current: bool) -> str:
         """Why Save is off, or what it does."""

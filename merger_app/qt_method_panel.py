@@ -11,6 +11,7 @@ and what the user left there afterwards, never a value set for another method.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
@@ -249,6 +250,8 @@ class QtMethodPanel(QWidget):
 
     def data(self) -> str | None:
         text = self.data_combo.currentText().strip()
+        if text.lower() == "digits" and not Path(text).is_file():
+            return "digits"  # the built-in set, typed 'Digits' (core reads it so too)
         return text or None
 
     def arch(self) -> str | None:

@@ -45,7 +45,7 @@ def live_threads() -> list[QThread]:
 class QtWorker(QObject):
     """Runs one job in its thread and reports through signals; never touches widgets."""
 
-    progress = Signal(float, float, str)  # done, total, message
+    progress = Signal(float, float, str, bool)  # done, total, message, open-ended
     log = Signal(str)
     warned = Signal(str)
     result = Signal(object)
@@ -59,7 +59,9 @@ class QtWorker(QObject):
         self.sink = Progress(self._emit_progress, log=self.log.emit, min_interval=min_interval)
 
     def _emit_progress(self, event: ProgressEvent) -> None:
-        self.progress.emit(float(event.done), float(event.total), event.message)
+        self.progress.emit(
+            float(event.done), float(event.total), event.message, bool(event.open_ended)
+        )
 
     def cancel(self) -> None:
         """Ask the job to stop; safe from any thread (sets a threading.Event)."""
@@ -109,7 +111,7 @@ class QtJobRunner(QObject):
     """
 
     started = Signal(str)
-    progress = Signal(float, float, str)
+    progress = Signal(float, float, str, bool)  # done, total, message, open-ended
     log = Signal(str)
     warned = Signal(str)
     succeeded = Signal(str, object)

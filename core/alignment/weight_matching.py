@@ -137,6 +137,7 @@ def weight_matching(
                     _fraction_done(sweep, step, settled_most, len(groups)),
                     1.0,
                     f"sweep {sweep + 1}: group {step + 1} of {len(groups)}",
+                    open_ended=sweep > 0,
                 )
             try:
                 gain = problem.step(groups[idx], perms, solver, progress)
@@ -158,6 +159,7 @@ def weight_matching(
                 1.0,
                 f"sweep {sweep + 1}: objective {value:.6g}, "
                 f"{settled} of {len(groups)} groups settled",
+                open_ended=True,  # sweeps go on until one changes nothing: no telling when
             )
         if settled == len(groups):
             result.converged = True

@@ -26,7 +26,8 @@ class TerminalBar:
         if self.tty:
             filled = int(frac * self.width)
             bar = "#" * filled + "-" * (self.width - filled)
-            eta = f" eta {elapsed / frac - elapsed:5.1f}s" if 0.02 < frac < 1 else ""
+            known = 0.02 < frac < 1 and not event.open_ended
+            eta = f" eta {elapsed / frac - elapsed:5.1f}s" if known else ""
             msg = event.message[:40]
             self.stream.write(f"\r[{bar}] {frac * 100:5.1f}% {elapsed:6.1f}s{eta} {msg:<40}")
             self.stream.flush()

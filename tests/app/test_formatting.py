@@ -119,7 +119,10 @@ def test_main_dtype_names_the_bulk_and_says_when_mixed():
     from merger_app._model_rows import main_dtype
 
     assert main_dtype([torch.float16] * 5) == "float16"
-    assert main_dtype([torch.bfloat16] * 5 + [torch.int64]) == "bfloat16 (mixed)"
+    assert main_dtype([torch.bfloat16] * 5 + [torch.float32]) == "bfloat16 (mixed)"
+    # BatchNorm's integer counter beside float32 weights is no mix of precisions
+    assert main_dtype([torch.float32] * 5 + [torch.int64]) == "float32"
+    assert main_dtype([torch.int64] * 2 + [torch.int8]) == "int64 (mixed)"
     assert main_dtype([]) == ""
 
 

@@ -389,6 +389,8 @@ def test_missing_data_file_blocks_merge(window, tiny):
     load_for_method(window, tiny, "activation_matching")
     window.method.data_combo.setCurrentText("/nonexistent/data.npz")
     assert any("does not exist" in b for b in window.blockers())
+    window.method.data_combo.setCurrentText("Digits")  # the built-in set, capitalised
+    assert not window.blockers() and window.current_recipe().data == "digits"
 
 
 def test_an_odd_model_added_first_is_the_one_marked(window, tiny, tmp_path):

@@ -75,3 +75,25 @@ def test_a_model_cut_short_after_it_was_added_says_so(window, qtbot, tmp_path):
     assert "m0.safetensors" not in row.unreadable  # the hint names it once, in front
     assert not window.merge_button.isEnabled()
     assert window.hint.text().startswith("⚠ m0.safetensors: it changed on disk")
+
+
+def test_a_failure_is_forgotten_once_the_files_it_read_change(window, qtbot, tmp_path):
+    """The trial: a merge failed on a model removed a moment before; the file came back,
+    Merge was on again, but the hint kept saying the last merge with these settings
+    failed. The settings are the same; the files are not."""
+    from app_helpers import merge, nan_copy
+
+    first, second = _two_models(window, tmp_path)
+    good = second.read_bytes()
+    nan_copy(second, second)  # a NaN weight: the headers read fine, the merge refuses it
+    qtbot.waitUntil(lambda: _row(window, "m1.safetensors").unreadable is None, timeout=5000)
+    qtbot.wait(700)  # the watcher's re-read is done
+    assert merge(window, qtbot) is None
+    window.last_error.close()
+    assert window.hint.text().startswith("⚠ The last merge with these settings failed")
+    assert window.jobs.step.text() == "Merge failed."
+    second.write_bytes(good)  # fixed in place
+    qtbot.waitUntil(lambda: "failed" not in window.hint.text(), timeout=5000)
+    assert window.jobs.step.text() == "Ready."
+    assert window.merge_button.isEnabled()
+    assert merge(window, qtbot) is not None

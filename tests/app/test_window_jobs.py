@@ -148,9 +148,16 @@ def test_a_model_no_architecture_fits_blocks_merge_with_the_reason(window, qtbot
     assert not window.merge_button.isEnabled()
     assert not window.merge()
     hint = window.hint.text()
-    assert hint.startswith("⚠ odd0.safetensors: no built-in architecture fits")
+    # what to do is in the short hint; every family's reason in its tooltip
+    assert hint.startswith(
+        "⚠ odd0.safetensors fits no built-in architecture: pick your model's .py under Architecture"
+    )
     assert hint.endswith("…") and len(hint) <= HINT_LIMIT
     assert "resnet50:" in window.hint.toolTip() and "model.py:factory" in window.hint.toolTip()
+    window.method.arch_combo.setCurrentText("vgg")  # named, and wrong
+    assert window.hint.text().startswith(
+        "⚠ odd0.safetensors does not fit 'vgg': pick the architecture it was trained with"
+    )
     window.method.set_method("linear")  # no architecture needed: nothing to detect
     assert window.merge_button.isEnabled()
 
@@ -219,3 +226,20 @@ def test_event_loop_never_stalls_during_weight_matching(window, qtbot, tmp_path)
     assert took > 1.0, f"weight matching took only {took:.2f} s; the test needs a longer one"
     print(f"weight matching {took:.2f} s, {len(gaps)} ticks, longest gap {max(gaps[1:])} ms")
     assert max(gaps[1:]) < 100, f"the event loop stalled for {max(gaps[1:])} ms"
+
+
+def test_an_open_ended_stage_shows_no_time_left(qtbot):
+    """Weight matching's later sweeps run until one changes nothing: the panel says the
+    time left is unknown instead of extrapolating (it read '0:07 left' with 35 s to go)."""
+    from merger_app.qt_job_panel import QtJobPanel
+
+    panel = QtJobPanel()
+    qtbot.addWidget(panel)
+    panel.start("Merging")
+    panel._started -= 10.0  # ten seconds in
+    panel.on_progress(0.5, 1.0, "sweep 1: group 2 of 3")
+    assert "about 0:10 left" in panel.times.text()
+    panel.on_progress(0.75, 1.0, "sweep 2: objective 3.1, 1 of 3 groups settled", True)
+    assert panel.times.text().endswith("time left unknown") and "about" not in panel.times.text()
+    panel.finish("Merge cancelled; nothing was written.", complete=False)
+    assert panel.bar.value() == 0  # a half-full bar beside 'cancelled' reads as half done

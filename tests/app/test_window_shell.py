@@ -65,6 +65,7 @@ def test_drop_adds_models_and_opens_recipes(window, tiny, tmp_path):
     [
         ("add_models", "Ctrl+O"),
         ("merge", "Ctrl+Return"),
+        ("merge", "Ctrl+Enter"),  # the keypad's Enter
         ("merge", "Ctrl+M"),
         ("cancel", "Esc"),
         ("save", "Ctrl+S"),

@@ -115,11 +115,31 @@ def test_progress_covers_the_assignments_and_cancel_stops_them():
     progress = Progress(events.append, min_interval=0)
     match_by_activations(arch, a, b, load_dataset("digits"), batches=3, progress=progress)
     messages = [e.message for e in events]
-    assert messages[-2:] == ["matching units: group 1 of 2", "matching units: group 2 of 2"]
-    assert events[-1].done == 4 and events[-1].total == 5  # 3 batches + 2 groups
+    assert messages[-2:] == [
+        "matching units: group 1 of 2 (32 units)",
+        "matching units: group 2 of 2 (32 units)",
+    ]
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0
+    assert 0.5 < fractions[-1] < 1.0  # the last group's solve still ahead
     stop = Progress(lambda e: e.message.startswith("matching") and stop.cancel(), min_interval=0)
     with pytest.raises(Cancelled):
         match_by_activations(arch, a, b, load_dataset("digits"), batches=3, progress=stop)
+
+
+def test_the_bar_weighs_steps_by_their_cost():
+    """A 4096-wide group's assignment (tens of seconds) gets most of the bar, a batch of a
+    small MLP's forward passes little; equal steps read 90% through minutes of solving."""
+    from core.alignment.activations import _StepCosts
+
+    wide = _StepCosts(batches=20, batch_size=128, params=37_000_000, units=[4096] * 3)
+    assert wide.before_solve(0) / wide.total < 0.25  # collecting is the small part
+    assert wide.before_solve(1) - wide.before_solve(0) == pytest.approx(wide.total / 3, rel=0.3)
+    narrow = _StepCosts(batches=20, batch_size=128, params=20_000, units=[32, 32])
+    assert narrow.before_solve(0) / narrow.total > 0.9  # solving 32 units is instant
+    assert [narrow.before_batch(i) for i in range(3)] == sorted(
+        {narrow.before_batch(i) for i in range(3)}
+    )
 
 
 def test_constant_units_are_counted_from_the_statistics():

@@ -254,3 +254,10 @@ def test_mergekits_slerp_example_with_whole_model_slices_runs_as_models(tmp_path
     offset = sliced.replace("[0, 3]\n      - model", "[1, 3]\n      - model")
     with pytest.raises(RecipeError, match="frankenmerges"):
         Recipe.from_yaml(offset)
+
+
+def test_the_built_in_data_set_is_named_in_any_case(tmp_path):
+    """'Digits' was taken for a file and refused as missing."""
+    for name in ("digits", "Digits", " DIGITS "):
+        recipe = Recipe.from_yaml(f"merge_method: linear\nmodels: [a, b]\ndata: '{name}'\n")
+        assert recipe.data == "digits"

@@ -215,6 +215,10 @@ def test_progress_reports_each_sweep_and_cancel_stops_promptly():
     assert fractions[3] == pytest.approx(0.7 + 0.3 * settled / 3)
     assert fractions == sorted(fractions)
     assert fractions[-1] == 1.0 and events[-1].message.endswith("3 of 3 groups settled")
+    # the first sweep's steps can be timed; the sweeps after it run until one changes
+    # nothing, so no front may promise a time left for them
+    assert [e.open_ended for e in events[:3]] == [False] * 3
+    assert all(e.open_ended for e in events[3:])
 
     seen = []
     progress = Progress(min_interval=0.0)
@@ -314,3 +318,26 @@ def test_a_model_with_nothing_to_permute_reports_progress_and_finishes():
     result = weight_matching(spec, a, b, progress=Progress(events.append, min_interval=0.0))
     assert result.perms == {} and result.converged
     assert events and events[-1].fraction == 1.0
+
+
+def test_a_merge_by_weight_matching_fills_the_bar_once(tmp_path):
+    """Writing the result restarted the bar at 0 (96% → 50% in the window, '3:41 left'):
+    the matching and the writing now share one bar that never goes back."""
+    from safetensors.torch import save_file
+
+    from core.merge import run_merge
+    from core.recipe import Recipe
+
+    for name, seed in (("a", 0), ("b", 1)):
+        save_file(mlp_state([16, 32, 32, 32, 4], seed=seed), tmp_path / f"{name}.safetensors")
+    recipe = Recipe.from_yaml(
+        f"merge_method: weight_matching\nmodels: [{tmp_path / 'a.safetensors'}, "
+        f"{tmp_path / 'b.safetensors'}]\narch: mlp\n"
+    )
+    events = []
+    run_merge(recipe, tmp_path / "m.safetensors", progress=Progress(events.append, min_interval=0))
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    writing = [f for e, f in zip(events, fractions, strict=True) if e.message.startswith("writing")]
+    sweeps = [f for e, f in zip(events, fractions, strict=True) if e.message.startswith("sweep")]
+    assert writing and sweeps and max(sweeps) <= min(writing)
