@@ -52,7 +52,19 @@ def evaluate(
     return {"loss": total_loss / n, "accuracy": correct / n, "n": n}
 
 
-def _check_logits(logits: torch.Tensor, y: torch.Tensor, name: str) -> None:
+def _check_logits(logits: object, y: torch.Tensor, name: str) -> None:
+    if not isinstance(logits, torch.Tensor):  # several heads, a dict of outputs...
+        what = (
+            f"a dict with keys {', '.join(map(str, logits))}"
+            if isinstance(logits, dict)
+            else f"a {type(logits).__name__}"
+            + (f" of {len(logits)} outputs" if isinstance(logits, tuple | list) else "")
+        )
+        raise MergerError(
+            f"the model's forward returns {what}; evaluation needs one tensor of class "
+            "scores (batch, classes)",
+            hint="give a factory whose model returns the logits alone",
+        )
     if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
         raise MergerError(
             f"the model gives outputs of shape {tuple(logits.shape)} for a batch of "

@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(
             f"merger: internal error: {type(exc).__name__}: {exc} "
-            "(this is a bug; rerun with --debug and report it)",
+            "(this is a bug; rerun as `merger --debug COMMAND ...` and report it)",
             file=sys.stderr,
         )
         _json_error(args, "internal error", f"{type(exc).__name__}: {exc}")

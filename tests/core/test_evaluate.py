@@ -72,3 +72,24 @@ def test_trained_digits_mlp_scores_well_and_permuting_it_changes_nothing():
     assert after["accuracy"] == before["accuracy"]
     untrained = evaluate(arch.build(state), test)
     assert untrained["loss"] > 2 * before["loss"]
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self, as_dict: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 3)
+        self.as_dict = as_dict
+
+    def forward(self, x):
+        out = self.fc(x)
+        return {"logits": out, "aux": out} if self.as_dict else (out, out)
+
+
+@pytest.mark.parametrize(
+    ("as_dict", "said"), [(False, "a tuple of 2"), (True, "a dict with keys logits, aux")]
+)
+def test_a_model_with_several_outputs_is_refused_with_what_it_returns(as_dict, said):
+    """It crashed with "'tuple' object has no attribute 'dim'" (an internal error)."""
+    data = Dataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), "d")
+    with pytest.raises(MergerError, match=f"forward returns {said}.*logits alone"):
+        evaluate(_TwoHeads(as_dict), data)
