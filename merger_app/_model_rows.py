@@ -43,6 +43,11 @@ class ModelRow:
     def with_(self, **changes: Any) -> ModelRow:
         return replace(self, **changes)
 
+    @property
+    def disk_files(self) -> tuple[str, ...]:
+        """The files that hold it on disk: its resolved weight files, else its path."""
+        return self.files or (self.path,)
+
 
 def normalize_path(path: str | Path) -> str:
     """Absolute, with `..` and `~` resolved, so one file loaded twice is recognised.
@@ -113,7 +118,7 @@ def reread(row: ModelRow) -> ModelRow:
     them again, a copy was cut short, they were removed). What the user set (name, role,
     values) is kept; what the files hold is read again. Files that cannot be read any more
     leave the row in place with the reason, so the table says what happened to it."""
-    files = row.files or (row.path,)
+    files = row.disk_files
     if not any(os.path.exists(f) for f in files):
         return row.with_(unreadable="it is no longer on disk", total_bytes=None)
     try:

@@ -208,12 +208,8 @@ def _misfit(name: str, arch: str | None, why: str) -> str:
 def _fit_problem(arch: str, path: str) -> str | None:
     """Whether model A fits the architecture (or one is detected), from its headers; asked
     again only when the file changes, since the form asks on every edit."""
-    try:
-        files = [Path(path)]
-        if files[0].is_dir():  # a shard rewritten in place leaves the folder's own stat
-            files += sorted(f for f in files[0].iterdir() if f.is_file())
-        stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
-    except OSError:
+    stamp = disk_stamp(path)
+    if any(len(entry) < 3 for entry in stamp):
         return None  # the row's own problem, or the merge's error, says why
     return _fit_problem_cached(arch, path, stamp)
 
@@ -250,26 +246,31 @@ def rows_from_recipe(recipe: Recipe, spec: MethodSpec) -> list[tuple[str, str, d
 
 
 def files_stamp(recipe: Recipe | None) -> tuple:
-    """What a recipe's files are on disk now: (path, modified, size) for each model file
-    (inside a folder too), the data file and an architecture's .py; None for one that is
-    missing. Equal stamps: nothing the recipe reads has changed."""
+    """What a recipe's files are on disk now (`disk_stamp` of each model, the data file and
+    an architecture's .py). Equal stamps: nothing the recipe reads has changed."""
     if recipe is None:
         return ()
     paths = [m.model for m in recipe.models]
     paths += [recipe.base_model] if recipe.base_model else []
     paths += [recipe.data] if recipe.data and recipe.data != "digits" else []
     paths += [recipe.arch.rsplit(":", 1)[0]] if recipe.arch and ".py:" in recipe.arch else []
+    return tuple(entry for path in paths for entry in disk_stamp(path))
+
+
+def disk_stamp(path: str | Path) -> tuple:
+    """(path, modified, size) of a file, or of each file in a folder (a shard rewritten in
+    place leaves the folder's own stat alone); (path,) for one that cannot be read."""
+    path = Path(path)
+    try:
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+    except OSError:  # an unreadable folder: the merge will say so
+        files = [path]
     stamp = []
-    for path in map(Path, paths):
+    for f in files:
         try:
-            files = sorted(path.iterdir()) if path.is_dir() else [path]
-        except OSError:  # an unreadable folder: the merge will say so
-            files = [path]
-        for f in files:
-            try:
-                st = f.stat()
-            except OSError:
-                stamp.append((str(f), None))
-                continue
-            stamp.append((str(f), st.st_mtime_ns, st.st_size))
+            st = f.stat()
+        except OSError:
+            stamp.append((str(f),))
+            continue
+        stamp.append((str(f), st.st_mtime_ns, st.st_size))
     return tuple(stamp)

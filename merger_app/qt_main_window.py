@@ -434,8 +434,9 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.save_button.setToolTip(self._save_tip(current))
         tip = blockers[0] if blockers else "Merge the models (Ctrl+Return)"
         self.merge_button.setToolTip(tip)
-        self._set_hint(self._hint_text(blockers, current))
-        if self._failed_merge is not None and not running and not self._failure_applies():
+        failed = self._failure_applies()  # reads the recipe's files' stamps: once here
+        self._set_hint(self._hint_text(blockers, current, failed))
+        if self._failed_merge is not None and not running and not failed:
             self.jobs.clear_outcome()  # "Merge failed." would now read as about these
         self._mark_batchnorm_setting()
 
@@ -456,12 +457,12 @@ class QtMainWindow(QtFileActions, QMainWindow):
             else f"{rows[0].name} has no BatchNorm statistics: there is nothing to re-estimate"
         )
 
-    def _hint_text(self, blockers: list[str], current: bool) -> str:
+    def _hint_text(self, blockers: list[str], current: bool, failed: bool) -> str:
         """What to do next: what blocks Merge, the failure of the last merge with these
-        settings, or what to do with its result."""
+        settings (`failed`: it still applies), or what to do with its result."""
         if blockers:
             return f"⚠ {blockers[0]}"
-        if self._failure_applies():
+        if failed:
             why = self._failed_merge[2].strip() or "see the log"  # type: ignore[index]
             return f"⚠ The last merge with these settings failed: {why}"
         partial = self.partial_recipe

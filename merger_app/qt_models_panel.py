@@ -261,7 +261,7 @@ class QtModelsPanel(QWidget):
         """Watch exactly the listed models' files, and the folder of any that is gone, to
         see it come back. A file removed or replaced by a rename (an atomic save) drops
         out of the watcher, so this also re-adds paths that exist again."""
-        files = {f for r in self.model.rows() for f in (r.files or (r.path,))}
+        files = {f for r in self.model.rows() for f in r.disk_files}
         wanted = {f for f in files if os.path.isfile(f)}
         wanted |= {os.path.dirname(f) for f in files - wanted if os.path.isdir(os.path.dirname(f))}
         watched = set(self._watcher.files()) | set(self._watcher.directories())
@@ -278,7 +278,7 @@ class QtModelsPanel(QWidget):
         """A folder holding a missing model changed: perhaps the model is back."""
         rows = self.model.rows()
         self._changed_files |= {
-            f for r in rows for f in (r.files or (r.path,)) if os.path.dirname(f) == folder
+            f for r in rows for f in r.disk_files if os.path.dirname(f) == folder
         }
         self._reread_timer.start()
 
@@ -286,7 +286,7 @@ class QtModelsPanel(QWidget):
         """Read again the rows whose files changed, then check the models anew."""
         changed, self._changed_files = self._changed_files, set()
         rows = self.model.rows()
-        fresh = [reread(r) if changed & set(r.files or (r.path,)) else r for r in rows]
+        fresh = [reread(r) if changed & set(r.disk_files) else r for r in rows]
         if fresh != rows:
             self.model.update_rows(fresh)
         self.refresh_compat()
