@@ -4,27 +4,30 @@ The landscape views evaluate many interpolated models, and the tests use it to c
 that alignment lowers the loss barrier, so it is kept minimal: eval mode, no grad, mean
 cross-entropy over all examples (summed per batch, divided once, so the last short
 batch weighs what it should).
+
+A model can score NaN or inf for two reasons that need different words: its weights
+hold NaN or inf (a broken checkpoint: `check_weights_finite` names the tensor), or its
+weights are finite but its class scores overflow float32 on the data. `evaluate`
+counts the examples of the second kind (`nonfinite`) so that a front can say why a loss
+is missing instead of printing `nan`.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from core.data import Dataset
 from core.data.fit import forward_errors
-from core.errors import MergerError
+from core.errors import CheckpointError, MergerError
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "cpu"
-) -> dict[str, float]:
-    """Mean cross-entropy `loss`, `accuracy` in [0, 1] and example count `n`.
-
-    The model's train/eval mode is restored afterwards; it is left on `device`, so that
-    evaluating many points of a landscape does not copy it back and forth.
-    """
+def check_labelled(dataset: Dataset) -> None:
+    """Refuse data that cannot give a loss or an accuracy whatever the model: no examples,
+    or no labels. A property of the data alone, so a front checks it once, not per model."""
     if len(dataset) == 0:
         raise MergerError(f"data set '{dataset.name}' is empty", hint="give data with examples")
     if dataset.y is None:
@@ -33,10 +36,43 @@ def evaluate(
             file=dataset.where,
             hint="save it with numpy.savez(path, x=inputs, y=labels)",
         )
+
+
+def check_weights_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse a model whose weights hold NaN or inf, naming the first such tensor: its
+    loss would be NaN for a reason no score can show (align and merge refuse it too)."""
+    for name, tensor in state.items():
+        if not tensor.is_floating_point() or math.isfinite(float(tensor.sum())):
+            continue  # a finite sum proves every element finite, cheaply
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"holds NaN or infinite values ({bad} of {tensor.numel()}), so the model "
+                "cannot be evaluated",
+                file=source,
+                tensor=name,
+                hint="the checkpoint is broken, by a training run that diverged or a bad "
+                "conversion: use one saved before the values went bad",
+            )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "cpu"
+) -> dict[str, float]:
+    """Mean cross-entropy `loss`, `accuracy` in [0, 1], example count `n`, and
+    `nonfinite`, how many examples got class scores that are not all finite.
+
+    With `nonfinite` > 0 the loss is inf or NaN; an example whose scores hold NaN has no
+    prediction and counts as wrong (argmax would pick the NaN). The model's train/eval
+    mode is restored afterwards; it is left on `device`, so that evaluating many points
+    of a landscape does not copy it back and forth.
+    """
+    check_labelled(dataset)
     was_training = model.training
     model.eval()
     model.to(device)
-    total_loss, correct = 0.0, 0
+    total_loss, correct, nonfinite = 0.0, 0, 0
     try:
         for x, y in dataset.batches(batch_size):
             with forward_errors(dataset):
@@ -45,11 +81,13 @@ def evaluate(
             y = y.to(device)
             _check_logits(logits, y, dataset.where)
             total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == y).sum())
+            nonfinite += int((~torch.isfinite(logits)).any(dim=1).sum())
+            predicted = (logits.argmax(dim=1) == y) & ~logits.isnan().any(dim=1)
+            correct += int(predicted.sum())
     finally:
         model.train(was_training)
     n = len(dataset)
-    return {"loss": total_loss / n, "accuracy": correct / n, "n": n}
+    return {"loss": total_loss / n, "accuracy": correct / n, "n": n, "nonfinite": nonfinite}
 
 
 def _check_logits(logits: object, y: torch.Tensor, name: str) -> None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from typing import Any
 
 from core.architectures import resolve_architecture
 from core.checkpoints import open_checkpoint
 from core.cli.output import print_json
-from core.data import load_dataset
+from core.data import Dataset, load_dataset
 from core.data.fit import check_fits
 from core.errors import MergerError
-from core.evaluate import evaluate
+from core.evaluate import check_weights_finite, evaluate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,24 +55,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _evaluate_one(path: str, arch_name: str | None, data) -> dict:
+def _evaluate_one(path: str, arch_name: str | None, data: Dataset) -> dict[str, Any]:
     with open_checkpoint(path) as ckpt:
         state = ckpt.state_dict()
+    check_weights_finite(state, path)
     arch = resolve_architecture(
         arch_name, state, need_spec=False, source=path, input_shape=data.input_shape
     )
     check_fits(data, arch.input_shape)
     scores = evaluate(arch.build(state), data)
+    notes = list(arch.notes)
+    loss: float | None = scores["loss"]
+    if not math.isfinite(scores["loss"]):
+        loss = None
+        notes.append(_no_loss_note(path, scores))
     return {
         "model": path,
         "architecture": arch.name,
         "detected": arch.detected,
-        **scores,
-        "notes": arch.notes,
+        "loss": loss,
+        "accuracy": scores["accuracy"],
+        "n": scores["n"],
+        "notes": notes,
     }
 
 
-def _print_table(rows: list[dict], data) -> None:
+def _no_loss_note(path: str, scores: dict[str, float]) -> str:
+    """Why a model with finite weights has no loss: its class scores overflow."""
+    count, n = int(scores["nonfinite"]), int(scores["n"])
+    return (
+        f"{path}: no loss: its weights are finite, but its class scores are not (inf or "
+        f"NaN, an overflow) on {count} of {n} example(s); those count as wrong in the "
+        "accuracy when they hold NaN"
+    )
+
+
+def _print_table(rows: list[dict], data: Dataset) -> None:
     """Models, the architecture each was run as ('detected': guessed from its names and
     shapes, so a wrong guess shows), loss and accuracy."""
     archs = [r["architecture"] + (" (detected)" if r["detected"] else "") for r in rows]
@@ -81,6 +101,5 @@ def _print_table(rows: list[dict], data) -> None:
         f"({data.name}, {len(data)} example{'s' if len(data) != 1 else ''})"
     )
     for r, arch in zip(rows, archs, strict=True):
-        print(
-            f"{r['model']:<{width}}  {arch:<{arch_width}}  {r['loss']:8.4f}  {r['accuracy']:8.1%}"
-        )
+        loss = "n/a" if r["loss"] is None else f"{r['loss']:.4f}"
+        print(f"{r['model']:<{width}}  {arch:<{arch_width}}  {loss:>8}  {r['accuracy']:8.1%}")

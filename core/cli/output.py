@@ -23,5 +23,8 @@ def human_count(n: int) -> str:
 
 
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, default=str)
+    """`data` as JSON on stdout. NaN and infinity are refused (`allow_nan=False`): they are
+    not JSON, and strict parsers (jq, JavaScript) reject the whole document; a value that
+    can be missing is written as null with a note saying why."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=False))
     sys.stdout.write("\n")

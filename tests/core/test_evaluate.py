@@ -93,3 +93,27 @@ def test_a_model_with_several_outputs_is_refused_with_what_it_returns(as_dict, s
     data = Dataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), "d")
     with pytest.raises(MergerError, match=f"forward returns {said}.*logits alone"):
         evaluate(_TwoHeads(as_dict), data)
+
+
+def test_scores_that_are_not_finite_are_counted_and_nan_predicts_nothing():
+    # row 1: +inf on class 0 (an overflow), a prediction all the same; row 2: NaN, none;
+    # row 3: finite and right. Only rows 1 and 3 can be correct.
+    x = torch.tensor([[math.inf, 0.0], [math.nan, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0, 0, 1])
+    result = evaluate(_Fixed(), Dataset(x, y, "t"))
+    assert result["nonfinite"] == 2
+    assert result["accuracy"] == pytest.approx(2 / 3)
+    assert not math.isfinite(result["loss"])
+    finite = evaluate(_Fixed(), Dataset(x[2:], y[2:], "t"))
+    assert finite["nonfinite"] == 0 and math.isfinite(finite["loss"])
+
+
+def test_weights_holding_nan_are_named_by_tensor():
+    from core.evaluate import check_weights_finite
+
+    state = {"a.weight": torch.ones(3), "b.weight": torch.tensor([1.0, math.nan, math.inf])}
+    with pytest.raises(MergerError, match=r"NaN or infinite values \(2 of 3\)") as info:
+        check_weights_finite(state, "m.safetensors")
+    assert info.value.tensor == "b.weight" and info.value.file == "m.safetensors"
+    # integer tensors cannot hold NaN; a finite model passes
+    check_weights_finite({"n": torch.tensor(3), "w": torch.zeros(2)}, "m.safetensors")
