@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from core import __version__
 from core.cli import cancelled, cmd_align, cmd_eval, cmd_info, cmd_merge, interrupted
-from core.cli.output import print_json
+from core.cli.output import error_fields, merger_error_fields, print_json
 from core.errors import Cancelled, MergerError
 
 COMMAND_MODULES = [cmd_info, cmd_merge, cmd_align, cmd_eval]
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         if _Parser.json_errors:
-            print_json({"error": {"kind": "usage", "message": message}})
+            print_json({"error": error_fields("usage", message)})
         self.exit(2, f"merger: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MergerError as exc:
         print(f"merger: error: {exc}", file=sys.stderr)
-        _json_error(args, "error", exc.message, file=exc.file, tensor=exc.tensor, hint=exc.hint)
+        _json_error(args, merger_error_fields(exc))
         return 1
     except BrokenPipeError:  # `merger ... | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -76,14 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(this is a bug; rerun as `merger --debug COMMAND ...` and report it)",
             file=sys.stderr,
         )
-        _json_error(args, "internal error", f"{type(exc).__name__}: {exc}")
+        _json_error(args, error_fields("internal error", f"{type(exc).__name__}: {exc}"))
         return 3
 
 
-def _json_error(args: argparse.Namespace, kind: str, message: str, **where: object) -> None:
+def _json_error(args: argparse.Namespace, fields: dict[str, str]) -> None:
     """With --json, the error also as a JSON object on stdout, where a script reads the
     result (stderr keeps the line people read)."""
-    if not getattr(args, "json", False):
-        return
-    fields = {k: str(v) for k, v in where.items() if v is not None}
-    print_json({"error": {"kind": kind, "message": message, **fields}})
+    if getattr(args, "json", False):
+        print_json({"error": fields})

@@ -1,4 +1,11 @@
-"""`merger eval`: loss and accuracy of classifiers on data — how good is the merge?"""
+"""`merger eval`: loss and accuracy of classifiers on data — how good is the merge?
+
+Two kinds of failure, reported differently. A problem of the data itself (no labels,
+or examples that fit none of the models) is the command's one error, said once, as
+every command says its error. A problem of one model (NaN weights, a shape the data does
+not fit, a file that cannot be read) fails that model's row only: the others are still
+scored, and the exit status is 1.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,11 @@ from typing import Any
 
 from core.architectures import resolve_architecture
 from core.checkpoints import open_checkpoint
-from core.cli.output import print_json
+from core.cli.output import merger_error_fields, print_json
 from core.data import Dataset, load_dataset
 from core.data.fit import check_fits
 from core.errors import MergerError
-from core.evaluate import check_weights_finite, evaluate
+from core.evaluate import check_labelled, check_weights_finite, evaluate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,25 +41,50 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """One row per model; a model that cannot be evaluated is reported on its own line
-    (stderr) without losing the others' rows, and the exit code says so."""
+    """One row per model, in the order given; a model that cannot be evaluated gets an
+    error in its row (JSON) or its own line on stderr (text), and the exit code is 1."""
     data = load_dataset(args.data)
-    rows, failed = [], []
+    check_labelled(data)
+    outcomes: list[dict[str, Any] | MergerError] = []
     for path in args.models:
         try:
-            rows.append(_evaluate_one(path, args.arch, data))
+            outcomes.append(_evaluate_one(path, args.arch, data))
         except MergerError as exc:
-            failed.append(str(exc))
+            outcomes.append(exc)
+    failed = [(path, o) for path, o in zip(args.models, outcomes, strict=True) if _failed(o)]
+    shared = _data_error([exc for _, exc in failed], data) if len(failed) == len(outcomes) else None
+    if shared is not None:
+        raise shared  # the data fits none of the models: one error, said once
     if args.json:
-        print_json(rows + [{"error": message} for message in failed])
-    elif rows:
-        # what was assumed about the models (a detected family, a VGG's pools), once each
-        for note in dict.fromkeys(note for row in rows for note in row["notes"]):
-            print(f"note: {note}")
-        _print_table(rows, data)
-    for message in failed:
-        print(f"merger: error: {message}", file=sys.stderr)
+        print_json(
+            [
+                {"model": path, "error": merger_error_fields(o)} if _failed(o) else o
+                for path, o in zip(args.models, outcomes, strict=True)
+            ]
+        )
+    else:
+        rows = [o for o in outcomes if not _failed(o)]
+        if rows:
+            # what was assumed about the models (a detected family, a VGG's pools), once each
+            for note in dict.fromkeys(note for row in rows for note in row["notes"]):
+                print(f"note: {note}")
+            _print_table(rows, data)
+    for path, exc in failed:
+        where = "" if exc.file == path else f"{path}: "
+        print(f"merger: error: {where}{exc}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _failed(outcome: object) -> bool:
+    return isinstance(outcome, MergerError)
+
+
+def _data_error(errors: list[MergerError], data: Dataset) -> MergerError | None:
+    """The one error every model failed with, when it is about the data (it names the data
+    file, not a model): repeating it per model would say nothing more."""
+    if not errors or any(exc.file != data.where for exc in errors):
+        return None
+    return errors[0] if len({str(exc) for exc in errors}) == 1 else None
 
 
 def _evaluate_one(path: str, arch_name: str | None, data: Dataset) -> dict[str, Any]:

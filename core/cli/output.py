@@ -6,6 +6,8 @@ import json
 import sys
 from typing import Any
 
+from core.errors import MergerError
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -28,3 +30,15 @@ def print_json(data: Any) -> None:
     can be missing is written as null with a note saying why."""
     sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=False))
     sys.stdout.write("\n")
+
+
+def error_fields(kind: str, message: str, **where: object) -> dict[str, str]:
+    """The error object every command's --json writes, `{"kind", "message", "file",
+    "tensor", "hint"}` (fields that do not apply are left out)."""
+    fields = {k: str(v) for k, v in where.items() if v is not None}
+    return {"kind": kind, "message": message, **fields}
+
+
+def merger_error_fields(exc: MergerError) -> dict[str, str]:
+    """`error_fields` of an error meant for people."""
+    return error_fields("error", exc.message, file=exc.file, tensor=exc.tensor, hint=exc.hint)

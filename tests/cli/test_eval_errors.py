@@ -1,5 +1,6 @@
-"""`merger eval` on broken models, as a CLI trial met them: NaN weights are named by
-tensor, and --json is always strict JSON (a missing loss is null, with a note)."""
+"""`merger eval` on broken models and unusable data, as a CLI trial met them: NaN weights
+are named by tensor, --json is always strict JSON, a data problem is one error said once,
+and one model's failure stays in its own row with the documented error object."""
 
 from __future__ import annotations
 
@@ -59,8 +60,13 @@ def test_nan_weights_are_named_by_tensor_and_the_json_stays_strict(tmp_path, cap
     good = write_model(tmp_path / "good.safetensors", seed=1)
     data = digits_like(tmp_path / "d.npz")
     assert main(["eval", bad, good, "--data", data, "--json"]) == 1
-    rows = strict_json(capsys.readouterr().out)
-    assert "tensor 'layers.2.weight': holds NaN" in json.dumps(rows)
+    broken, fine = strict_json(capsys.readouterr().out)  # the order given on the command line
+    assert broken["model"] == bad and set(broken) == {"model", "error"}
+    error = broken["error"]
+    assert error["kind"] == "error" and error["file"] == bad
+    assert error["tensor"] == "layers.2.weight" and "NaN or infinite" in error["message"]
+    assert fine["model"] == good and 0.0 <= fine["accuracy"] <= 1.0 and fine["loss"] > 0
+
     assert main(["eval", bad, good, "--data", data]) == 1
     captured = capsys.readouterr()
     (line,) = captured.err.strip().splitlines()
@@ -92,6 +98,54 @@ def test_the_json_writer_refuses_nan_so_it_cannot_come_back():
         print_json([{"loss": float("inf")}])
 
 
+# -- F4: the data's errors once, a model's errors in its row -----------------------------
+def test_data_without_labels_is_one_error_for_the_command(tmp_path, capsys):
+    a = write_model(tmp_path / "a.safetensors")
+    b = write_model(tmp_path / "b.safetensors", seed=1)
+    data = digits_like(tmp_path / "noy.npz", labels=False)
+    assert main(["eval", a, b, "--data", data, "--json"]) == 1
+    captured = capsys.readouterr()
+    document = strict_json(captured.out)
+    assert set(document) == {"error"}  # the documented shape, as every command writes it
+    error = document["error"]
+    assert error["kind"] == "error" and error["file"] == data
+    assert "no labels" in error["message"] and "numpy.savez" in error["hint"]
+    assert captured.err.count("no labels") == 1
+    assert main(["eval", a, b, "--data", data]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("no labels") == 1 and captured.out == ""
+
+
+def test_data_that_fits_no_model_is_said_once(tmp_path, capsys):
+    a = write_model(tmp_path / "a.safetensors")
+    b = write_model(tmp_path / "b.safetensors", seed=1)
+    data = digits_like(tmp_path / "wide.npz", features=60)
+    assert main(["eval", a, b, "--data", data]) == 1
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith(f"merger: error: {data}: the data's examples are shaped [60]")
+    assert main(["eval", a, b, "--data", data, "--json"]) == 1
+    error = strict_json(capsys.readouterr().out)["error"]
+    assert error["file"] == data and "64 features" in error["message"]
+
+
+def test_one_model_the_data_does_not_fit_fails_its_own_row(tmp_path, capsys):
+    a = write_model(tmp_path / "a.safetensors")
+    narrow = write_model(tmp_path / "narrow.safetensors", widths=(32, 16, 10))
+    b = write_model(tmp_path / "b.safetensors", seed=1)
+    data = digits_like(tmp_path / "d.npz")
+    assert main(["eval", a, narrow, b, "--data", data, "--json"]) == 1
+    rows = strict_json(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == [a, narrow, b]
+    assert "error" not in rows[0] and "error" not in rows[2]
+    error = rows[1]["error"]
+    assert set(error) <= {"kind", "message", "file", "tensor", "hint"}
+    assert error["kind"] == "error" and error["file"] == data and "32 features" in error["message"]
+    assert main(["eval", a, narrow, b, "--data", data]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"merger: error: {narrow}: {data}: the data's examples")
+
+
 def test_a_nan_weight_in_a_buffer_is_caught_too(tmp_path, capsys):
     """Every floating tensor counts, parameters or not (a BatchNorm's running_var)."""
     state = mlp_state([64, 16, 10])
@@ -99,5 +153,5 @@ def test_a_nan_weight_in_a_buffer_is_caught_too(tmp_path, capsys):
     path = tmp_path / "inf.safetensors"
     save_file(state, str(path))
     assert main(["eval", str(path), "--data", digits_like(tmp_path / "d.npz"), "--json"]) == 1
-    text = json.dumps(strict_json(capsys.readouterr().out))
-    assert "tensor 'layers.0.bias'" in text and "16 of 16" in text
+    (row,) = strict_json(capsys.readouterr().out)
+    assert row["error"]["tensor"] == "layers.0.bias" and "16 of 16" in row["error"]["message"]
