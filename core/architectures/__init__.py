@@ -20,6 +20,11 @@ Families (details and parameter names in each module):
 | `resnet18` | torchvision names, basic blocks (ResNet-18/34)   | resnet_families.py |
 | `resnet50` | torchvision names, bottlenecks (ResNet-50/101/152) | resnet_families.py |
 
+Names that all carry one first part the readers did not drop (`model.` saved without
+Lightning's marker, a `net.`; see `core.checkpoints.reader.shared_first_part`) are tried
+without it when they fit no family as they are; the architecture then works on the
+checkpoint's own names (`base.under_prefix`), and an error names the prefix.
+
 `factories.py` writes random-init state dicts of each family at any size.
 """
 
@@ -29,14 +34,26 @@ import itertools
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from core.architectures import mlp, vgg
-from core.architectures.base import WHERE, Architecture, Family, Shapes, State, shapes_of
+from core.architectures.base import (
+    WHERE,
+    Architecture,
+    Family,
+    Shapes,
+    State,
+    shapes_of,
+    under_prefix,
+)
 from core.architectures.resnet_families import RESNET18, RESNET20, RESNET50
 from core.checkpoints import open_checkpoint
+from core.checkpoints.reader import shared_first_part
 from core.errors import MergerError
+
+_V = TypeVar("_V")
 
 FAMILIES: dict[str, Family] = {
     family.name: family for family in (mlp.FAMILY, vgg.FAMILY, RESNET20, RESNET18, RESNET50)
@@ -65,12 +82,20 @@ def detect_family(shapes: Shapes) -> str:
             hint=f"pick one of {', '.join(fitting)} as the architecture {WHERE}",
         )
     _refuse_strays(shapes, FAMILIES)
-    reasons = "; ".join(f"{name}: {FAMILIES[name].fits(shapes)}" for name in FAMILIES)
     raise MergerError(
-        f"no built-in architecture fits the checkpoint ({reasons})",
-        hint="name the architecture, or give your model's code as path/to/model.py:factory "
-        f"{WHERE}",
+        f"no built-in architecture fits the checkpoint ({_misfit_reasons(shapes)})",
+        hint=_NO_FIT_HINT,
     )
+
+
+_NO_FIT_HINT = (
+    f"name the architecture, or give your model's code as path/to/model.py:factory {WHERE}"
+)
+
+
+def _misfit_reasons(shapes: Shapes) -> str:
+    """Each family's reason for not taking these shapes."""
+    return "; ".join(f"{name}: {family.fits(shapes)}" for name, family in FAMILIES.items())
 
 
 # Tensors left out to find a fitting family hold at most this share of the values.
@@ -134,10 +159,62 @@ def _fits_without_strays(
 def _without_common_prefix(shapes: Shapes) -> Shapes:
     """The names without a first part they all share (a wrapper's attribute, such as a
     LightningModule's `model.` beside its `criterion.`), else as they are."""
-    heads = {name.split(".", 1)[0] for name in shapes}
-    if len(heads) != 1 or any("." not in name for name in shapes):
-        return shapes
-    return {name.split(".", 1)[1]: shape for name, shape in shapes.items()}
+    part = shared_first_part(shapes)
+    return _without(shapes, part) if part else shapes
+
+
+def _without(named: Mapping[str, _V], prefix: str) -> dict[str, _V]:
+    return {name.removeprefix(prefix): value for name, value in named.items()}
+
+
+# How many nested shared parts are tried (`model.`, then `model.module.`...).
+_PREFIX_LEVELS = 3
+
+
+def _prefix_that_fits(arch: str | None, shapes: Shapes) -> str:
+    """ "" if the names fit `arch` (or, for None, some family) as they are; else the
+    shortest run of parts shared by every name (`model.`, `model.module.`) without which
+    they fit; else "" too (the caller's error then names the shared part)."""
+    if _fits(arch, shapes):
+        return ""
+    prefix = ""
+    for _ in range(_PREFIX_LEVELS):
+        part = shared_first_part(shapes)
+        if part is None:
+            break
+        prefix, shapes = prefix + part, _without(shapes, part)
+        if _fits(arch, shapes):
+            return prefix
+    return ""
+
+
+def _fits(arch: str | None, shapes: Shapes) -> bool:
+    if arch is None:
+        return any(family.fits(shapes) is None for family in FAMILIES.values())
+    return FAMILIES[_split(arch)[0]].fits(shapes) is None
+
+
+def _naming_the_prefix(exc: MergerError, arch: str | None, shapes: Shapes) -> MergerError:
+    """`exc`, a family's refusal of names that all carry one first part, said with that
+    part and the reasons for the names without it (`model.conv1.weight` is not a ResNet
+    name for any family; what `conv1.weight` lacks is the useful reason)."""
+    part = shared_first_part(shapes)
+    if part is None or _fits(arch, shapes):
+        return exc  # not a misfit (several families fit, a variant that does not load)
+    without = _without(shapes, part)
+    shared = f"with or without the prefix '{part}' that every name carries"
+    if arch is None:
+        message = (
+            f"no built-in architecture fits the checkpoint, {shared} (without it: "
+            f"{_misfit_reasons(without)})"
+        )
+    else:
+        name = _split(arch)[0]
+        message = (
+            f"the checkpoint is not a '{name}' model, {shared} (without it: "
+            f"{FAMILIES[name].fits(without)})"
+        )
+    return MergerError(message, file=exc.file, hint=exc.hint)
 
 
 def _listed(names: list[str], most: int = 3) -> str:
@@ -195,6 +272,20 @@ def _resolve(
         from core.architectures.custom import load_custom
 
         return load_custom(arch, state, trace=need_spec, input_shape=input_shape)
+    shapes = shapes_of(state)
+    prefix = _prefix_that_fits(arch, shapes)
+    if prefix:  # a wrapper's attribute on every name: read the model without it
+        return under_prefix(_resolve_family(arch, _without(state, prefix), input_shape), prefix)
+    try:
+        return _resolve_family(arch, state, input_shape)
+    except MergerError as exc:
+        raise _naming_the_prefix(exc, arch, shapes) from None
+
+
+def _resolve_family(
+    arch: str | None, state: State, input_shape: tuple[int, ...] | None
+) -> Architecture:
+    """A built-in family's architecture for `state` as it is named (None: detected)."""
     shapes = shapes_of(state)
     name, option = (detect_family(shapes), "") if arch is None else _split(arch)
     family = FAMILIES[name]

@@ -9,6 +9,7 @@ checkpoint file is enough: no config, no torchvision.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -78,6 +79,45 @@ class Family:
     options: tuple[str, ...] = ()
     label: Callable[[Shapes], str] | None = None
     for_input: Callable[[Shapes, tuple[int, ...], str, bool], tuple[str, list[str]]] | None = None
+
+
+def under_prefix(arch: Architecture, prefix: str) -> Architecture:
+    """`arch`, resolved for names without `prefix` (`model.`), made to work on the
+    checkpoint's own names: its spec names the prefixed tensors, and its builder puts
+    the family's model at that path in an empty parent, so the built model's state dict
+    has exactly the checkpoint's names (loading, permuting and reading back BatchNorm
+    statistics need no renaming anywhere else, and outputs keep the file's names)."""
+    path = prefix.removesuffix(".")
+
+    def build(weights: State) -> nn.Module:
+        inner = arch.build({name.removeprefix(prefix): value for name, value in weights.items()})
+        return _Under(path, inner).eval()
+
+    spec = arch.spec.renamed(lambda name: prefix + name)
+    modules = {g: [f"{path}.{m}" if m else path for m in ms] for g, ms in spec.activations.items()}
+    return dataclasses.replace(
+        arch,
+        spec=dataclasses.replace(spec, activations=modules),
+        build=build,
+        notes=[
+            *arch.notes,
+            f"every name carries the prefix '{prefix}' (a wrapper's, such as a "
+            f"LightningModule's self.{path.split('.')[0]}), and the names without it fit "
+            f"{arch.name}: the model is read as that; outputs keep the names as they are",
+        ],
+    )
+
+
+class _Under(nn.Module):
+    """A model at a dotted path inside an otherwise empty module, which runs it."""
+
+    def __init__(self, path: str, inner: nn.Module) -> None:
+        super().__init__()
+        self._path = path
+        attach(self, path, inner)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.get_submodule(self._path)(x)
 
 
 def shapes_of(state: State) -> dict[str, tuple[int, ...]]:

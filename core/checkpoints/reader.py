@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,23 +55,42 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 def strip_wrapper_prefixes(
     names: list[str], prefixes: tuple[str, ...] = WRAPPER_PREFIXES
 ) -> tuple[dict[str, str], str | None]:
-    """{name in the file: name to use} without the prefixes that every name carries, in
-    order (`module._orig_mod.`), and a note saying so (None if nothing was stripped).
+    """{name in the file: name to use} without the `prefixes` that every name carries,
+    each at most once and nested in any order (`module._orig_mod.`, `_orig_mod.module.`),
+    and a note saying so (None if nothing was stripped).
 
     Every format reads the same model under the same names, so a `.pt` and a
     `.safetensors` of one DataParallel model merge with each other and with the plain one."""
     mapping = {n: n for n in names}
     stripped = []
-    for prefix in prefixes:
-        if mapping and all(v.startswith(prefix) for v in mapping.values()):
-            mapping = {k: v[len(prefix) :] for k, v in mapping.items()}
-            stripped.append(prefix)
+    while (prefix := shared_first_part(mapping.values())) in prefixes and prefix not in stripped:
+        mapping = {k: v[len(prefix) :] for k, v in mapping.items()}
+        stripped.append(prefix)
     if not stripped:
         return mapping, None
     return mapping, (
         f"names read without the prefix '{''.join(stripped)}' that every one carries in "
         "the file (a training wrapper's); outputs use the names without it"
     )
+
+
+def shared_first_part(names: Iterable[str]) -> str | None:
+    """The first dotted part that every name shares, with its dot (`model.`), when every
+    name has more after it; else None.
+
+    The one test of "a wrapper's prefix on every name": the readers drop the prefixes
+    known to be wrappers' (`WRAPPER_PREFIXES`, and Lightning's `model.` where the file says
+    it is Lightning's); architecture detection tries any such shared part (a `net.` or a
+    `model.` saved without Lightning's marker) when the names do not fit as they are."""
+    heads = set()
+    for name in names:
+        head, dot, rest = name.partition(".")
+        if not dot or not rest:
+            return None
+        heads.add(head)
+        if len(heads) > 1:
+            return None
+    return f"{heads.pop()}." if heads else None
 
 
 def renamed_entries(entries: dict[str, Entry], mapping: dict[str, str]) -> dict[str, Entry]:

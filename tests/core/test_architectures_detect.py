@@ -122,3 +122,57 @@ def test_a_checkpoints_fit_is_read_from_its_headers(tmp_path):
     # a user's model is traced when run, and an unreadable file has its own error
     assert checkpoint_architecture_problem("net.py:make", odd) is None
     assert checkpoint_architecture_problem(None, tmp_path / "missing.safetensors") is None
+
+
+# -- a prefix on every name (a wrapper's attribute) that the readers do not know ---------
+def _under(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{name}": value for name, value in state.items()}
+
+
+@pytest.mark.parametrize("prefix", ["model.", "net.", "model.module."])
+@pytest.mark.parametrize("arch", [None, "vgg"])
+def test_names_under_a_shared_prefix_are_read_without_it(prefix, arch):
+    """`{"state_dict": {"model.features.0.weight": ...}}` saved without Lightning's marker:
+    the family is found on the names without the prefix, and the architecture works on
+    the checkpoint's own names (spec, built model, self-test)."""
+    from core.architectures.factories import vgg_state
+
+    plain = vgg_state([4, "M", 6, "M"], batchnorm=True, hidden=(5,), seed=3)
+    state = _under(prefix, plain)
+    arch_plain = resolve_architecture(arch, plain)
+    wrapped = resolve_architecture(arch, state)
+    assert wrapped.name == arch_plain.name == "vgg"
+    assert set(wrapped.spec.tensors) == {prefix + name for name in arch_plain.spec.tensors}
+    assert wrapped.spec.sizes == arch_plain.spec.sizes
+    net = wrapped.build(state)
+    assert set(net.state_dict()) == set(state)
+    x = torch.randn(3, 3, 4, 4)
+    assert torch.allclose(net(x), arch_plain.build(plain)(x))
+    assert wrapped.self_test(state) < 1e-10  # random permutations keep the function
+    assert any(f"prefix '{prefix}'" in note for note in wrapped.notes)
+    assert not any("prefix" in note for note in arch_plain.notes)
+
+
+def test_a_shared_prefix_is_named_when_the_names_fit_without_it_neither():
+    shapes = {"model.embed.weight": (100, 8, 3), "model.head.weight": (4, 8)}
+    state = {name: torch.zeros(shape) for name, shape in shapes.items()}
+    with pytest.raises(MergerError) as info:
+        resolve_architecture(None, state, source="m.ckpt")
+    err = info.value
+    assert err.file == "m.ckpt"
+    assert "with or without the prefix 'model.' that every name carries" in err.message
+    assert "embed.weight" in err.message
+    assert "'model.embed.weight'" not in err.message  # the reasons are for the names without it
+    with pytest.raises(
+        MergerError, match=r"not a 'mlp' model, with or without the prefix 'model\.'"
+    ):
+        resolve_architecture("mlp", state)
+
+
+def test_names_that_fit_as_they_are_keep_them():
+    """`layers.0.weight` ... all share `layers.`, and already fit: nothing is dropped."""
+    from core.architectures.factories import mlp_state
+
+    state = mlp_state([8, 6, 3])
+    arch = resolve_architecture(None, state)
+    assert set(arch.spec.tensors) <= set(state) and not any("prefix" in n for n in arch.notes)

@@ -82,6 +82,17 @@ def test_dataparallel_prefix_is_stripped(tmp_path):
     assert_holds(tmp_path / "m.bin", sd)
 
 
+@pytest.mark.parametrize("prefix", ["module._orig_mod.", "_orig_mod.module.", "module.module."])
+def test_nested_wrapper_prefixes_are_stripped_in_any_order(tmp_path, prefix):
+    """torch.compile inside DataParallel or the other way round; a `module.` twice is a
+    wrapper of a wrapper (each known prefix is dropped at most once, in any order)."""
+    sd = weights()
+    torch.save({f"{prefix}{k}": v for k, v in sd.items()}, tmp_path / "m.pt")
+    once = prefix if prefix == "module.module." else ""
+    expected = {f"{once.removeprefix('module.')}{k}": v for k, v in sd.items()}
+    assert_holds(tmp_path / "m.pt", expected)
+
+
 def test_prefix_on_only_some_keys_is_kept(tmp_path):
     sd = {"module.a": torch.ones(1), "b": torch.zeros(1)}
     torch.save(sd, tmp_path / "m.pt")
