@@ -41,6 +41,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from core.alignment import copy_kernels
@@ -273,6 +274,16 @@ def _select(
     return torch.index_select(source, axis, index, out=target).reshape(shape)
 
 
+def _assigned_sum(cost: torch.Tensor, perm: torch.Tensor) -> float:
+    """Σ_i cost[i, perm[i]] in float64 (numpy on the CPU: a tenth of torch's overhead
+    for a few hundred entries, paid once or twice per step)."""
+    if cost.device.type == "cpu":
+        picked = cost.numpy()[np.arange(len(perm)), perm.numpy()]
+        return float(picked.sum(dtype=np.float64))
+    rows = torch.arange(len(perm), device=cost.device)
+    return float(cost[rows, perm.to(cost.device)].sum(dtype=torch.float64))
+
+
 def _copy_into(buffer: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """x made contiguous in the front of the flat `buffer`."""
     return buffer[: x.numel()].view(x.shape).copy_(x)
@@ -318,7 +329,7 @@ class _Problem:
         self.solvers: dict[str, WarmAssignment] = {}
         # Gathers and transposes by the compiled kernels (bitwise the same copies as torch's)
         self._compiled = device.type == "cpu" and copy_kernels.available()
-        self._aranges: dict[int, torch.Tensor] = {}
+        self._identities: dict[int, tuple[torch.Tensor, bool]] = {}
         self._buffers: list[torch.Tensor] = []
 
     # -- objective -----------------------------------------------------------------
@@ -408,12 +419,23 @@ class _Problem:
         self, x: torch.Tensor, index: torch.Tensor | None, buffer: torch.Tensor, t: str
     ) -> torch.Tensor:
         """Tensor t's rows for its axis-1 units, its axis 0 gathered by `index` (None:
-        as is), copied into `buffer` by the compiled kernel."""
+        as is; a shorter index keeps those entries alone), copied into `buffer` by the
+        compiled kernel."""
         shape = x.shape
         src = x.reshape(shape[0], shape[1], -1)
-        out = buffer[: x.numel()].view(shape[1], shape[0], src.shape[2])
+        kept = shape[0] if index is None else len(index)
+        out = buffer[: shape[1] * kept * src.shape[2]].view(shape[1], kept, src.shape[2])
         copy_kernels.gather_transposed(src, index, out)
         return out.reshape(shape[1] // self.spec.block(t, 1), -1)
+
+    def _middle(self, x: torch.Tensor, index: torch.Tensor, buffer: torch.Tensor, t: str):
+        """Tensor t's rows for its axis-0 units with its axis 1 gathered by `index`,
+        copied into `buffer` by the compiled kernel."""
+        src = x.reshape(x.shape[0], x.shape[1], -1)
+        out = buffer[: src.shape[0] * len(index) * src.shape[2]]
+        out = out.view(src.shape[0], len(index), src.shape[2])
+        copy_kernels.gather_middle(src, index, out)
+        return _unfold(out, 0, self.spec.block(t, 0))
 
     def _b_cols(self, t: str, ax: int, perms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """B's tensor t with its other axes permuted, as columns: one per unit on `ax`.
@@ -493,10 +515,13 @@ class _Problem:
         ]
 
     def _is_identity(self, perm: torch.Tensor) -> bool:
-        n = len(perm)
-        if n not in self._aranges:
-            self._aranges[n] = torch.arange(n, device=perm.device)
-        return torch.equal(perm, self._aranges[n].to(perm.device))
+        """Whether `perm` leaves every unit in place, remembered per tensor: permutations
+        are replaced, never changed in place, and a step asks this a dozen times."""
+        known = self._identities.get(id(perm))
+        if known is None or known[0] is not perm:
+            flag = bool(np.array_equal(perm.numpy(), np.arange(len(perm))))
+            known = self._identities[id(perm)] = (perm, flag)  # holds perm: its id stays its
+        return known[1]
 
     def _update_cost(self, g: str, perms: Mapping[str, torch.Tensor]) -> bool:
         """Bring group g's cost up to date with `perms`; return whether it changed."""
@@ -505,8 +530,12 @@ class _Problem:
             self.cost[g] = self._full_cost(g, perms)
             self._take_snapshot(g, perms)
             return True
-        changed = {q: torch.nonzero(snap[q] != perms[q]).flatten() for q in self.deps[g]}
-        changed = {q: pos for q, pos in changed.items() if len(pos) > 0}
+        changed = {}
+        for q in self.deps[g]:
+            if snap[q] is not perms[q]:  # replaced since: find where it differs
+                pos = np.flatnonzero(snap[q].numpy() != perms[q].numpy())
+                if len(pos):
+                    changed[q] = torch.from_numpy(pos)
         if not changed:
             return False
         if self._update_work(g, changed, perms) > _FULL_RECOMPUTE_FRACTION:
@@ -530,7 +559,7 @@ class _Problem:
         for t, ax in self.entries[g]:
             size = float(self.a[t].numel())
             fraction = sum(
-                len(changed[q]) / len(perms[q])
+                len(changed[q]) / self.spec.sizes[q]
                 for other, q in self.spec.axes_of(t)
                 if other != ax and q in changed
             )
@@ -554,25 +583,47 @@ class _Problem:
         sum exactly to M(new) - M(old).
         """
         view = {b: snap[q] for b, q in self.spec.axes_of(t) if b != ax}
+        # A conv's two unit axes (the other is `b`): the compiled copies apply
+        compiled = self._compiled and set(view) | {ax} == {0, 1} and self._run(t, 1) >= _MIN_RUN
         for b, q in self.spec.axes_of(t):
             if b == ax or q not in changed:
                 continue
             pos = changed[q].to(self.device)
             old, new = snap[q].to(self.device)[pos], perms[q].to(self.device)[pos]
-            a_part = _select(self.a[t], b, self._index(t, b, pos))
-            b_new = _select(self.b[t], b, self._index(t, b, new))
-            b_old = _select(self.b[t], b, self._index(t, b, old))
-            for c, perm_c in view.items():
-                if c != b:
-                    idx = self._index(t, c, perm_c)
-                    b_new, b_old = _select(b_new, c, idx), _select(b_old, c, idx)
-            blk = self.spec.block(t, ax)
-            delta = torch.mm(_unfold(a_part, ax, blk), _unfold(b_new - b_old, ax, blk).T)
-            self.cost[g].add_(delta)  # float32: deltas are small, drift stays ~1e-7
+            index = (self._index(t, b, pos), self._index(t, b, new), self._index(t, b, old))
+            if compiled:
+                rows, change = self._compiled_delta(t, ax, *index)
+            else:
+                a_part, b_new, b_old = (
+                    _select(x, b, i)
+                    for x, i in zip((self.a[t], self.b[t], self.b[t]), index, strict=True)
+                )
+                for c, perm_c in view.items():
+                    if c != b:
+                        idx = self._index(t, c, perm_c)
+                        b_new, b_old = _select(b_new, c, idx), _select(b_old, c, idx)
+                blk = self.spec.block(t, ax)
+                rows, change = _unfold(a_part, ax, blk), _unfold(b_new - b_old, ax, blk)
+            self.cost[g].addmm_(rows, change.T)  # float32: deltas are small, drift ~1e-7
             view[b] = perms[q]
 
+    def _compiled_delta(
+        self, t: str, ax: int, pos: torch.Tensor, new: torch.Tensor, old: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A's rows and B's change of a conv-like entry (units on axis 0 or 1, the other
+        one changed at `pos`, now `new`, before `old`) by the compiled copies: one pass
+        each, where torch's gathers on a middle axis and transposing reshapes took most
+        of a late sweep's time."""
+        copy = self._middle if ax == 0 else self._transposed
+        rows = copy(self.a[t], pos, self._scratch(2), t)
+        change = copy(self.b[t], new, self._scratch(0), t)
+        change.sub_(copy(self.b[t], old, self._scratch(1), t))
+        return rows, change
+
     def _take_snapshot(self, g: str, perms: Mapping[str, torch.Tensor]) -> None:
-        self.snapshot[g] = {q: perms[q].clone() for q in self.deps[g]}
+        # The permutations themselves, not copies: a step replaces a group's permutation
+        # with a new tensor and never writes into one.
+        self.snapshot[g] = {q: perms[q] for q in self.deps[g]}
         self.version[g] = self.version.get(g, 0) + 1
 
     # -- one coordinate-descent step -----------------------------------------------
@@ -593,13 +644,15 @@ class _Problem:
             self.solvers[g] = WarmAssignment(solver=solver, device=self.device.type)
         solve = self.solvers[g].solve
         if len(old) >= _SLOW_SOLVE_SIZE:  # scipy may take seconds there: keep Cancel live
-            new = torch.from_numpy(run_cancellable(lambda: solve(cost), progress))
+            found = run_cancellable(lambda: solve(cost), progress)
         else:
-            new = torch.from_numpy(solve(cost))
+            found = solve(cost)
         self.solved_at[g] = self.version[g]
-        if torch.equal(new, old):
+        if np.array_equal(found, old.numpy()):
             return 0.0
-        rows = torch.arange(len(old), device=cost.device)
+        # A tensor of its own: the solver keeps its answer as the next warm start, and
+        # snapshots tell permutations apart by identity.
+        new = torch.from_numpy(np.array(found, dtype=np.int64))
         if g in self.self_coupled:
             before = self.objective(perms, only=g)
             trial = dict(perms)
@@ -607,8 +660,8 @@ class _Problem:
             gain = self.objective(trial, only=g) - before
             scale = abs(before)
         else:
-            old_score = float(cost[rows, old.to(cost.device)].sum(dtype=torch.float64))
-            gain = float(cost[rows, new.to(cost.device)].sum(dtype=torch.float64)) - old_score
+            old_score = _assigned_sum(cost, old)
+            gain = _assigned_sum(cost, new) - old_score
             scale = abs(old_score)
         if gain <= max(1e-12, 1e-10 * scale):
             return 0.0
