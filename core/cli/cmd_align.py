@@ -6,15 +6,16 @@ import argparse
 import json
 
 from core import __version__
-from core.alignment.align import align
+from core.alignment.align import Alignment, align
 from core.checkpoints import open_checkpoint, save_state_dict
 from core.checkpoints.output_paths import check_output_early
 from core.cli.cmd_merge import device_option
 from core.cli.output import print_json
 from core.cli.progress_bar import TerminalBar
-from core.data import load_dataset
+from core.data import Dataset, load_dataset
 from core.errors import IncompatibleModelsError
 from core.jobs import Progress
+from core.methods.rebasin import traced_on_data
 from core.provenance import config_json
 from core.validate import check_finite, check_models
 
@@ -104,11 +105,18 @@ def _check_same_architecture(path_a: str, path_b: str) -> None:
         )
 
 
-def _unused_options(args: argparse.Namespace) -> list[str]:
-    """Options the chosen matching does not read: said, not silently dropped."""
+def _unused_options(args: argparse.Namespace, result: Alignment, data: Dataset | None) -> list[str]:
+    """Options the chosen matching does not read: said, not silently dropped. Data that
+    shaped a user's model's tracing input is said to have done that, not to be unused."""
     if args.by == "weights":
         notes = []
-        if args.data:
+        shape = traced_on_data(args.arch, result.arch, data) if data is not None else []
+        if shape:
+            notes.append(
+                f"--data is used by --by weights only for its examples' shape {shape}, to "
+                f"trace {result.arch.name} (the matching compares the weights alone)"
+            )
+        elif data is not None:
             notes.append("--data is not used by --by weights (it compares the weights alone)")
         if args.metric != "correlation":
             notes.append("--metric applies to --by activations; not used by --by weights")
@@ -130,10 +138,10 @@ def cmd_align(args: argparse.Namespace) -> int:
         read = [
             f"{p}: {note}" for p, c in ((args.model_a, a), (args.model_b, b)) for note in c.notes
         ]
-    read += _unused_options(args)
     for path, state in ((args.model_a, state_a), (args.model_b, state_b)):
         for name, tensor in state.items():
             check_finite(tensor, name, path)
+    data = load_dataset(args.data, labels=False) if args.data else None
     bar = None if (args.quiet or args.json) else TerminalBar()
     try:
         result = align(
@@ -141,7 +149,7 @@ def cmd_align(args: argparse.Namespace) -> int:
             {k: v.float() if v.is_floating_point() else v for k, v in state_b.items()},
             arch=args.arch,
             method="weight" if args.by == "weights" else "activation",
-            data=load_dataset(args.data, labels=False) if args.data else None,
+            data=data,
             max_iter=args.max_iter,
             seed=args.seed,
             solver=args.solver,
@@ -153,6 +161,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    read += _unused_options(args, result, data)
     aligned = {k: v.to(dtypes[k]) for k, v in result.aligned_b.items()}
     perms = {g: p.tolist() for g, p in result.perms.items()}
     metadata = {

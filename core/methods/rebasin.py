@@ -9,7 +9,11 @@ from __future__ import annotations
 import torch
 
 from core.alignment.align import FEW_BN_EXAMPLES, align, interpolate, repair_batchnorm
-from core.data import load_dataset
+from core.architectures import (
+    Architecture,
+    _is_file_reference,  # the one test of "a model file"
+)
+from core.data import Dataset, load_dataset
 from core.methods.registry import MethodSpec, Needs, Param
 
 _LAMBDA = Param(
@@ -92,11 +96,28 @@ def _merge(ctx, method: str) -> dict[str, torch.Tensor]:
         # (with BatchNorm and reset_bn on, the data re-estimated the statistics, or at
         # λ 0 or 1 the note above says why they were kept)
         why = "the models have no BatchNorm statistics" if not has_bn else "reset_bn is off"
-        notes.append(
-            f"data {data.name} is not used for the merge: weight matching needs none, and {why}"
+        shape = traced_on_data(ctx.recipe.arch, result.arch, data)
+        used = (
+            f"served only for its examples' shape {shape}, to trace {result.arch.name}"
+            if shape
+            else "is not used for the merge"
         )
+        notes.append(f"data {data.name} {used}: weight matching needs none, and {why}")
     ctx.notes.extend(notes)
     return merged
+
+
+def traced_on_data(arch: str | None, architecture: Architecture, data: Dataset) -> list[int]:
+    """The data's example shape when it is the input a user's model file was traced on
+    (the file defines no `example_input` of another shape: `core.architectures.custom`
+    falls back to the data's), else [] (a built-in family's spec is written, not traced).
+
+    So that weight matching, which compares weights alone, does not call data "not used"
+    when without it the model could not have been traced."""
+    if arch is None or not _is_file_reference(arch) or architecture.input_shape is None:
+        return []
+    shape = list(data.input_shape)
+    return shape if list(architecture.input_shape) == shape else []
 
 
 def _examples(count: int) -> str:
