@@ -6,6 +6,7 @@ import argparse
 import json
 
 from core import __version__
+from core.alignment.activation_matching import METRICS
 from core.alignment.align import Alignment, align
 from core.checkpoints import open_checkpoint, save_state_dict
 from core.checkpoints.output_paths import check_output_early
@@ -47,10 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--metric",
-        choices=("correlation", "euclidean"),
+        choices=METRICS,
         default="correlation",
-        help="with --by activations: how units are compared, Pearson correlation (Git "
-        "Re-Basin) or negative Euclidean distance (PLeaS)",
+        help="with --by activations: how units are compared. correlation: the cross-moment "
+        "E[a·b] of their activations (what Git Re-Basin's code computes; not centred, so a "
+        "unit's offset and scale count); pearson: Pearson correlation, blind to each "
+        "unit's offset and scale; euclidean: minus the Euclidean distance (PLeaS), summed "
+        "over batches of 128 examples",
     )
     p.add_argument("--max-iter", type=_positive, default=100, help="most weight-matching sweeps")
     p.add_argument("--seed", type=int, default=0, help="seed of the sweep order")

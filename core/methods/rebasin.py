@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from core.alignment.activation_matching import METRICS
 from core.alignment.align import FEW_BN_EXAMPLES, align, interpolate, repair_batchnorm
 from core.architectures import (
     Architecture,
@@ -175,9 +176,12 @@ SPECS = (
                 "metric",
                 "choice",
                 "correlation",
-                "How units are compared: cross-correlation "
-                "(Git Re-Basin) or negative Euclidean distance (PLeaS).",
-                choices=("correlation", "euclidean"),
+                "How units are compared. correlation: the cross-moment E[a·b] of their "
+                "activations (what Git Re-Basin's code computes; not centred, so a unit's "
+                "offset and scale count). pearson: Pearson correlation, blind to each "
+                "unit's offset and scale. euclidean: minus the Euclidean distance (PLeaS), "
+                "summed over batches of 128 examples.",
+                choices=METRICS,
                 per_tensor=False,
             ),
             Param(
