@@ -95,6 +95,9 @@ class Recipe:
     # Layers covered by a mergekit `slices` recipe of whole models (layer_range [0, n]),
     # checked against the models when they are opened; None for a `models` recipe.
     slice_layers: int | None = None
+    # The file the recipe was read from, for messages about it (not part of the recipe:
+    # never saved, never compared).
+    source: str | None = field(default=None, compare=False)
 
     # -- construction ---------------------------------------------------------
     @classmethod
@@ -184,7 +187,7 @@ class Recipe:
         except (OSError, UnicodeDecodeError) as exc:
             why = getattr(exc, "strerror", None) or f"not UTF-8 text ({exc})"
             raise RecipeError(f"cannot read the recipe: {why}", file=path) from None
-        return cls.from_yaml(text, source=str(path), root=path.parent)
+        return replace(cls.from_yaml(text, source=str(path), root=path.parent), source=str(path))
 
     # -- output ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -216,6 +219,22 @@ class Recipe:
         return replace(self, **changes)
 
     # -- queries --------------------------------------------------------------
+    def refuse_code(self) -> None:
+        """Raise RecipeError, naming the recipe's file, when `arch` names a Python file
+        (`path/to/model.py:factory`): running the recipe would import and run it, which a
+        recipe from someone else must not do unasked. For fronts not allowed to
+        (`merger run` without --allow-code), before any model is read."""
+        from core.architectures import _is_file_reference  # the one test of "a model file"
+
+        if not self.arch or not _is_file_reference(self.arch):
+            return
+        raise RecipeError(
+            f"'arch: {self.arch}' would import and run the Python file "
+            f"{self.arch.rpartition(':')[0]}",
+            file=self.source or "the recipe",
+            hint="if you trust that file, add --allow-code (the app asks first)",
+        )
+
     def model_paths(self) -> list[str]:
         """Every distinct model path, base first."""
         paths = [self.base_model] if self.base_model else []

@@ -228,7 +228,8 @@ def _execute(
 ) -> int:
     """Merge and report; `then` runs after a merge that worked and before the report, so
     its error is the one thing said (with --json, the one document on stdout)."""
-    validate_recipe(recipe)
+    if validate_recipe(recipe).needs.arch and not allow_code:
+        recipe.refuse_code()  # naming the recipe file, not a model it would be run on
     bar = None if (args.quiet or args.json) else TerminalBar()
     progress = Progress(bar, log=None if args.json else _log)
     try:

@@ -261,3 +261,17 @@ def test_the_built_in_data_set_is_named_in_any_case(tmp_path):
     for name in ("digits", "Digits", " DIGITS "):
         recipe = Recipe.from_yaml(f"merge_method: linear\nmodels: [a, b]\ndata: '{name}'\n")
         assert recipe.data == "digits"
+
+
+def test_a_loaded_recipe_knows_its_file_for_messages(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("merge_method: linear\nmodels: [a.safetensors, b.safetensors]\narch: m.py:f\n")
+    recipe = Recipe.load(path)
+    assert recipe.source == str(path)
+    with pytest.raises(RecipeError) as info:
+        recipe.refuse_code()
+    assert info.value.file == str(path) and "'arch: " in info.value.message
+    # where it came from is not part of the recipe: not saved, not compared
+    assert recipe == recipe.with_(source=None)
+    assert "source" not in recipe.to_dict()
+    Recipe.load(path).with_(arch="mlp").refuse_code()  # a family name runs no code
