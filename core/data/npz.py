@@ -59,11 +59,17 @@ def load_npz(path: str | Path, *, labels: bool = True) -> Dataset:
         )
     x = arrays["x"]
     _check_numeric(path, "x", x)
-    if x.ndim < 1:
+    if x.ndim < 2:
         raise MergerError(
-            f"'x' must hold one example per row, but it has shape {x.shape}",
+            f"'x' must hold one example per row, but it has shape {list(x.shape)}: "
+            + (
+                f"a 1-D x reads as {len(x)} examples that are bare numbers, which no layer takes"
+                if x.ndim == 1
+                else "a single number is no data set"
+            ),
             file=path,
-            hint=_HINT,
+            hint="save x.reshape(-1, 1) for examples of one number each, or x.reshape(1, -1) "
+            "for one example of these features",
         )
     if x.shape[0] == 0:
         raise MergerError("the data set is empty", file=path, hint=_HINT)

@@ -59,6 +59,9 @@ def test_npz_round_trip(tmp_path):
         ({"x": np.ones((3, 2)), "y": np.array([0.5, 1, 2])}, "whole numbers"),
         ({"x": np.ones((3, 2)), "y": np.zeros((3, 2), dtype=int)}, "1-D"),
         ({"x": np.full((3, 2), np.nan), "y": np.zeros(3, dtype=int)}, "NaN"),
+        ({"x": np.ones(64), "y": np.zeros(1, dtype=int)}, "a 1-D x reads as 64 examples"),
+        ({"x": np.ones(64)}, "x.reshape(1, -1)"),
+        ({"x": np.float32(3.0)}, "a single number is no data set"),
     ],
 )
 def test_npz_validation_names_the_file(tmp_path, arrays, fragment):
