@@ -224,9 +224,9 @@ class Recipe:
         (`path/to/model.py:factory`): running the recipe would import and run it, which a
         recipe from someone else must not do unasked. For fronts not allowed to
         (`merger run` without --allow-code), before any model is read."""
-        from core.architectures import _is_file_reference  # the one test of "a model file"
+        from core.architectures import is_file_reference
 
-        if not self.arch or not _is_file_reference(self.arch):
+        if not self.arch or not is_file_reference(self.arch):
             return
         raise RecipeError(
             f"'arch: {self.arch}' would import and run the Python file "

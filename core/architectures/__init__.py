@@ -263,7 +263,7 @@ def _resolve(
 ) -> Architecture:
     if arch is not None and arch.strip().lower() in ("", "auto"):
         arch = None
-    if arch is not None and _is_file_reference(arch):
+    if arch is not None and is_file_reference(arch):
         if not allow_code:
             raise MergerError(
                 f"architecture '{arch}' would import and run that Python file",
@@ -328,7 +328,7 @@ def checkpoint_architecture_problem(arch: str | None, path: str | Path) -> str |
     for a checkpoint that cannot be opened (its own error says why).
 
     So a form can say so before Merge, not after the weights are read."""
-    if (arch and _is_file_reference(arch)) or architecture_problem(arch):
+    if (arch and is_file_reference(arch)) or architecture_problem(arch):
         return None
     try:
         with open_checkpoint(path) as ckpt:
@@ -352,7 +352,7 @@ def architecture_problem(arch: str | None) -> str | None:
     checkpoint."""
     if arch is None or arch.strip().lower() in ("", "auto"):
         return None
-    if _is_file_reference(arch):
+    if is_file_reference(arch):
         path = Path(arch.strip().rpartition(":")[0]).expanduser()
         return None if path.is_file() else f"the model file {path} does not exist"
     try:
@@ -362,7 +362,10 @@ def architecture_problem(arch: str | None) -> str | None:
     return None
 
 
-def _is_file_reference(arch: str) -> bool:
+def is_file_reference(arch: str) -> bool:
+    """Whether `arch` names a user's model file (`path/to/model.py:factory`), whose use
+    imports and runs that file: the one test of it, for the code-consent checks and for
+    what the data was used for."""
     path, sep, _ = arch.rpartition(":")
     return bool(sep) and (path.endswith(".py") or "/" in path or "\\" in path)
 

@@ -12,7 +12,7 @@ from core.alignment.activation_matching import METRICS
 from core.alignment.align import FEW_BN_EXAMPLES, align, interpolate, repair_batchnorm
 from core.architectures import (
     Architecture,
-    _is_file_reference,  # the one test of "a model file"
+    is_file_reference,
 )
 from core.data import Dataset, load_dataset
 from core.methods.registry import MethodSpec, Needs, Param
@@ -115,7 +115,7 @@ def traced_on_data(arch: str | None, architecture: Architecture, data: Dataset) 
 
     So that weight matching, which compares weights alone, does not call data "not used"
     when without it the model could not have been traced."""
-    if arch is None or not _is_file_reference(arch) or architecture.input_shape is None:
+    if arch is None or not is_file_reference(arch) or architecture.input_shape is None:
         return []
     shape = list(data.input_shape)
     return shape if list(architecture.input_shape) == shape else []
