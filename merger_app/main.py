@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from pathlib import Path
 
 SCREENSHOT_DELAY_MS = 300
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem and QApplication.instance() is None:
         print(f"merger-app: {problem}", file=sys.stderr)
         return 1
+    from merger_app._collector import freeze_long_lived
     from merger_app.qt_main_window import QtMainWindow
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot:
         window.resize(args.width, args.height)
     window.show()
+    freeze_long_lived()  # torch, Qt and the window: a full collection no longer walks them
     if not args.screenshot:  # a screenshot run exits as soon as it has drawn
         _warm_up_solvers()
     status = {"code": 0}
@@ -148,15 +151,23 @@ def _quit_on_signals(app, window, status: dict):
     return timer
 
 
-def _warm_up_solvers() -> None:
+def _warm_up_solvers() -> threading.Thread:
     """Load the compiled assignment solver on a background thread (it releases the GIL
     while it runs; loading takes ~0.5 s, the first compile on a machine a few seconds),
-    so the first weight matching starts at once. Nothing in Qt is touched."""
-    import threading
+    so the first weight matching starts at once. Nothing in Qt is touched.
 
+    Loading makes ~75,000 objects that live as long as the app: they are then exempt
+    from collections too (`_collector`), or each full collection would walk them."""
     from core.alignment.solvers import warm_up
+    from merger_app._collector import freeze_long_lived
 
-    threading.Thread(target=warm_up, name="solver-warm-up", daemon=True).start()
+    def load() -> None:
+        warm_up()
+        freeze_long_lived()
+
+    thread = threading.Thread(target=load, name="solver-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _open_paths(window, paths: list[str]) -> None:
