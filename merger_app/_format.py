@@ -74,25 +74,67 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def summary_line(text: str, limit: int = 120) -> str:
+def summary_line(text: str, limit: int = 120, *, keep: int = 0) -> str:
     """The first line of `text`, cut to about `limit` characters; '…' when more follows.
 
     For labels that must stay short however long the message (the hint beside Save and
     Merge): the cut prefers the start of a parenthesis, where core's messages put the
-    reasons and the hint, then a space. The full text belongs in a tooltip or the log.
+    reasons and the hint, then a space, but never falls in the first `keep` characters
+    (what to do, when it comes first). The full text belongs in a tooltip or the log.
     """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     first = lines[0] if lines else ""
+    limit = max(limit, keep + 1)
     if len(first) <= limit:
         return first + (" …" if len(lines) > 1 else "")
     head = first[:limit]
     cut = head[: limit - 1]
     for sep in (" (", " "):
         at = head.rfind(sep)
-        if at >= limit // 2:
+        if at >= max(limit // 2, keep):
             cut = head[:at]
             break
     return cut.rstrip(" ,;:") + "…"
+
+
+def error_text(reason: str, remedy: str = "") -> str:
+    """A user error as the window says it: what is wrong, then what to do, as sentences.
+
+    Core's `str(error)` puts the remedy in parentheses after the reason, and remedies have
+    parentheses of their own ('(give data made for this model (x shaped N×C×H×W …))');
+    the window builds its text from the error's fields instead."""
+    if not remedy:
+        return reason
+    return f"{_sentence(reason)} {_sentence(remedy[:1].upper() + remedy[1:])}"
+
+
+def reason_and_remedy(exc: Exception) -> tuple[str, str]:
+    """(what is wrong, with the file and tensor; what to do, '' if it says nothing) of a
+    `core.errors.MergerError`, for the window to arrange: core's `str(error)` appends the
+    remedy in parentheses. An error worded otherwise stays whole, as the reason."""
+    text, remedy = str(exc), getattr(exc, "hint", None) or ""
+    suffix = f" ({remedy})"
+    if remedy and text.endswith(suffix):
+        return text[: -len(suffix)], remedy
+    return text, ""
+
+
+def user_text(exc: Exception) -> str:
+    """A user error's whole text as the window shows it (`error_text` of its parts)."""
+    return error_text(*reason_and_remedy(exc))
+
+
+def remedy_first(reason: str, remedy: str = "") -> str:
+    """What to do, then why: for a line that may be cut (the hint), so that what is cut
+    is the reason (whole in the tooltip, the log and the error box), not the remedy."""
+    if not remedy:
+        return reason
+    return f"{_sentence(remedy[:1].upper() + remedy[1:])} Why: {reason}"
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 _LONG_PATH = re.compile(r"(?<![\w.])(?:~|/)[^\s'\"()]*/([^\s/'\"()]+)")

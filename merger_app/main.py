@@ -198,8 +198,10 @@ def _arm_screenshot(app, window, out: Path, status: dict, *, wait_demo: bool) ->
         window.close()
         app.exit(status["code"])
 
-    def failed(name: str, message: str, _details: str) -> None:
-        print(f"merger-app: {name} failed: {message}", file=sys.stderr)
+    def failed(name: str, message: str, _details: str, remedy: str) -> None:
+        from merger_app._format import error_text
+
+        print(f"merger-app: {name} failed: {error_text(message, remedy)}", file=sys.stderr)
         status["code"] = 1
 
     window.runner.failed.connect(failed)

@@ -15,6 +15,7 @@ from core.errors import MergerError
 from core.merge import validate_recipe
 from core.provenance import absolute_recipe
 from core.recipe import Recipe
+from merger_app._format import user_text
 from merger_app._model_rows import normalize_path
 from merger_app._recipe_build import rows_from_recipe
 from merger_app.qt_actions import fill_recent
@@ -84,8 +85,8 @@ class QtFileActions:
             validate_recipe(recipe)  # refuse bad values here, not later in the form
             problems = self.method.apply_recipe(recipe)
         except MergerError as exc:
-            self.jobs.append(f"Cannot open the recipe: {exc}")
-            self._error("Cannot open the recipe", str(exc))
+            self.jobs.append(f"Cannot open the recipe: {user_text(exc)}")
+            self._error("Cannot open the recipe", user_text(exc))
             return False
         self.settings.set_last_folder("recipes", path)
         self.settings.add_recent_recipe(str(path))
@@ -134,7 +135,7 @@ class QtFileActions:
             # absolute paths (models, data, architecture file): it runs from any folder
             absolute_recipe(recipe).save(path)
         except MergerError as exc:
-            self._error("Cannot export the recipe", str(exc))
+            self._error("Cannot export the recipe", user_text(exc))
             return False
         self.settings.set_last_folder("recipes", path)
         self.jobs.append(f"Recipe written to {path}; run it with: merger run {path} -o OUT")

@@ -27,7 +27,13 @@ from core.devices import available_devices
 from core.errors import MergerError
 from core.methods import REGISTRY
 from core.recipe import Recipe
-from merger_app._format import shorten_paths, summary_line
+from merger_app._format import (
+    error_text,
+    reason_and_remedy,
+    remedy_first,
+    shorten_paths,
+    summary_line,
+)
 from merger_app._jobs import demo_folder, demo_job, export_job, merge_job, remove_path
 from merger_app._recipe_build import build_recipe, files_stamp, merge_blockers
 from merger_app._session import new_session, sweep_stale_sessions
@@ -77,8 +83,9 @@ class QtMainWindow(QtFileActions, QMainWindow):
         self.saved = True
         self._saved_to: Path | None = None  # where the current result was last saved
         self.last_error: QMessageBox | None = None
-        # (settings, their files on disk, why): said until either changes
-        self._failed_merge: tuple[Recipe | None, tuple, str] | None = None
+        # (settings, their files on disk, what went wrong, what to do): said until the
+        # settings or the files change
+        self._failed_merge: tuple[Recipe | None, tuple, str, str] | None = None
         # (models then listed, what was missing) after a recipe opened without some models
         self.partial_recipe: tuple[tuple, str] | None = None
         sweep_stale_sessions()  # what killed windows left behind
@@ -222,7 +229,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
 
             validate_recipe(self.current_recipe())
         except MergerError as exc:
-            return [str(exc)]
+            return [remedy_first(*reason_and_remedy(exc))]
         return []
 
     def merge(self) -> bool:
@@ -376,8 +383,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
     def _job_succeeded(self, name: str, value: object) -> None:
         self._outcome = ("ok", value)
 
-    def _job_failed(self, name: str, message: str, details: str) -> None:
-        self._outcome = ("failed", message, details)
+    def _job_failed(self, name: str, message: str, details: str, remedy: str) -> None:
+        self._outcome = ("failed", message, details, remedy)
 
     def _job_cancelled(self, name: str) -> None:
         self._outcome = ("cancelled",)
@@ -396,13 +403,14 @@ class QtMainWindow(QtFileActions, QMainWindow):
             return
         self._close_after_save = False
         if outcome[0] == "failed":
+            _, message, details, remedy = outcome
             self.jobs.finish(f"{name.capitalize()} failed.", complete=False)
-            self.jobs.append(outcome[1])
+            self.jobs.append(error_text(message, remedy))
             if name == "merge":  # said in the hint until the settings change
                 recipe = self._recipe_or_none()
-                self._failed_merge = (recipe, files_stamp(recipe), outcome[1])
+                self._failed_merge = (recipe, files_stamp(recipe), message, remedy)
                 self._update_actions()
-            self._error(f"{name.capitalize()} failed", outcome[1], outcome[2])
+            self._error(f"{name.capitalize()} failed", error_text(message, remedy), details)
         elif name == "demo":  # its half-made models are remade next time, not kept
             self.jobs.finish("Demo cancelled; it is prepared anew next time.", complete=False)
         else:
@@ -435,7 +443,10 @@ class QtMainWindow(QtFileActions, QMainWindow):
         tip = blockers[0] if blockers else "Merge the models (Ctrl+Return)"
         self.merge_button.setToolTip(tip)
         failed = self._failure_applies()  # reads the recipe's files' stamps: once here
-        self._set_hint(self._hint_text(blockers, current, failed))
+        if failed:
+            self._set_failure_hint()
+        else:
+            self._set_hint(self._hint_text(blockers, current))
         if self._failed_merge is not None and not running and not failed:
             self.jobs.clear_outcome()  # "Merge failed." would now read as about these
         self._mark_batchnorm_setting()
@@ -457,14 +468,10 @@ class QtMainWindow(QtFileActions, QMainWindow):
             else f"{rows[0].name} has no BatchNorm statistics: there is nothing to re-estimate"
         )
 
-    def _hint_text(self, blockers: list[str], current: bool, failed: bool) -> str:
-        """What to do next: what blocks Merge, the failure of the last merge with these
-        settings (`failed`: it still applies), or what to do with its result."""
+    def _hint_text(self, blockers: list[str], current: bool) -> str:
+        """What to do next: what blocks Merge, or what to do with the last result."""
         if blockers:
             return f"⚠ {blockers[0]}"
-        if failed:
-            why = self._failed_merge[2].strip() or "see the log"  # type: ignore[index]
-            return f"⚠ The last merge with these settings failed: {why}"
         partial = self.partial_recipe
         if partial is not None and partial[0] == self.models_key():
             return f"⚠ {partial[1]}"
@@ -496,13 +503,35 @@ class QtMainWindow(QtFileActions, QMainWindow):
             return STALE_RESULT
         return "Write the merged model to a file or folder (Ctrl+S)"
 
-    def _set_hint(self, text: str) -> None:
-        """A short hint beside the buttons (models by file name, cut to one summary line)
-        so a long error does not push the layout around; the whole text is its tooltip
-        (and, for a failed merge, in the log)."""
-        short = summary_line(shorten_paths(self._by_file_name(text)), HINT_LIMIT)
+    def _set_failure_hint(self) -> None:
+        """The last merge with these settings failed: what to do comes first in the hint,
+        whole, then why, cut to fit (the whole message is the tooltip, in the log and in
+        the error box)."""
+        _, _, message, remedy = self._failed_merge  # type: ignore[misc]
+        head = "⚠ The last merge with these settings failed. "
+        if not message.strip():
+            message = "see the log"
+        self._set_hint(
+            head + remedy_first(self._short(message), remedy),
+            keep=len(head) + len(remedy) + 1,
+            tooltip=head + error_text(message, remedy),
+        )
+
+    def _set_hint(self, text: str, *, keep: int = 0, tooltip: str | None = None) -> None:
+        """A short hint beside the buttons (models by file name, cut to one summary line,
+        never within its first `keep` characters) so a long error does not push the
+        layout around; the whole text is its tooltip (and, for a failed merge, in the
+        log)."""
+        keep = min(keep, 2 * HINT_LIMIT)  # and some of the reason after what to do
+        short = summary_line(self._short(text), max(HINT_LIMIT, keep + 40), keep=keep)
         self.hint.setText(short)
-        self.hint.setToolTip(text if short != text else "")
+        whole = tooltip if tooltip is not None else text
+        self.hint.setToolTip(whole if short != whole else "")
+
+    def _short(self, text: str) -> str:
+        """Models by the names the table shows, other paths cut to their file name (the
+        tooltip has them whole): in a hint, what is wrong matters more than the folder."""
+        return shorten_paths(self._by_file_name(text), longest=16)
 
     def _by_file_name(self, text: str) -> str:
         """`text` with each listed model's path shortened to the name the table shows."""

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 
 from core.errors import MergerError
 from core.methods.registry import Param
-from merger_app._format import human_bytes
+from merger_app._format import human_bytes, user_text
 from merger_app._model_rows import ROLES, ModelRow, normalize_path, reread, summarize
 from merger_app.qt_models_table import ROLE, QtModelsTable
 
@@ -204,7 +204,7 @@ class QtModelsPanel(QWidget):
             try:
                 row = summarize(text)
             except MergerError as exc:
-                errors.append(str(exc))
+                errors.append(user_text(exc))
                 continue
             if row.files in weights:  # `hf_model/` and `hf_model/model.safetensors`
                 continue
@@ -249,7 +249,7 @@ class QtModelsPanel(QWidget):
             report = check_models([r.path for r in rows], base)
         except MergerError as exc:
             self.model.set_problems({})
-            self._show_summary(str(exc))
+            self._show_summary(user_text(exc))
             return
         self.model.set_problems({p: "; ".join(rs) for p, rs in report.problems.items() if rs})
         # one line per problem, by file name (the row's tooltip has the full path)

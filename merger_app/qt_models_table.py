@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QApplication, QStyle
 from core.checkpoints.folder import WEIGHT_EXTENSIONS
 from core.errors import RecipeError
 from core.methods.registry import Param
-from merger_app._format import format_value, human_bytes, human_count
+from merger_app._format import format_value, human_bytes, human_count, user_text
 from merger_app._model_rows import ROLES, ModelRow, move, set_role
 
 NAME, ROLE = 0, 1
@@ -297,7 +297,7 @@ class QtModelsTable(QAbstractTableModel):
         try:
             coerced = param.coerce(value, where=self._rows[i].name)
         except RecipeError as exc:
-            self.rejected.emit(str(exc))
+            self.rejected.emit(user_text(exc))
             return False
         row = self._rows[i]
         self._rows[i] = row.with_(values={**row.values, param.name: coerced})

@@ -23,6 +23,7 @@ from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from core.errors import Cancelled, MergerError
 from core.jobs import Progress, ProgressEvent
+from merger_app._format import reason_and_remedy
 
 Job = Callable[[Progress], Any]
 
@@ -49,7 +50,8 @@ class QtWorker(QObject):
     log = Signal(str)
     warned = Signal(str)
     result = Signal(object)
-    error = Signal(str, str)  # message for people, details (a bug's traceback, else "")
+    # what is wrong, the details (a bug's traceback, else ""), what to do ("" if unknown)
+    error = Signal(str, str, str)
     cancelled = Signal()
     finished = Signal()
 
@@ -84,18 +86,20 @@ class QtWorker(QObject):
         except MergerError as exc:
             # A user error: its message says what is wrong and what to do; a traceback
             # under it would only suggest a bug in Merger.
-            self.error.emit(str(exc), "")
+            reason, remedy = reason_and_remedy(exc)
+            self.error.emit(reason, "", remedy)
         except MemoryError:
             self.error.emit(
-                "Out of memory. Close other programs, merge fewer or smaller "
-                "models, or choose a smaller dtype.",
+                "Out of memory.",
                 traceback.format_exc(),
+                "close other programs, merge fewer or smaller models, or choose a smaller dtype",
             )
         except Exception as exc:  # noqa: BLE001 - a bug must reach the user, not kill the thread
             self.error.emit(
                 f"Unexpected error ({type(exc).__name__}: {exc}). This is a bug in "
                 "Merger; please report it with the details below.",
                 traceback.format_exc(),
+                "",
             )
         finally:
             self.finished.emit()
@@ -105,9 +109,11 @@ class QtJobRunner(QObject):
     """Starts jobs one at a time on worker threads and relays their signals.
 
     Signals are emitted on the GUI thread. `succeeded(name, result)`,
-    `failed(name, message, details)` or `cancelled(name)` comes first, then `done(name)`
-    once the thread has finished (`running` is False by then). `details` is the traceback
-    of a bug (or of running out of memory), empty for a user error (`MergerError`).
+    `failed(name, message, details, remedy)` or `cancelled(name)` comes first, then
+    `done(name)` once the thread has finished (`running` is False by then). `message` says
+    what is wrong, `remedy` what to do ('' when nothing is known; `_format.error_text`
+    joins them); `details` is the traceback of a bug (or of running out of memory), empty
+    for a user error (`MergerError`).
     """
 
     started = Signal(str)
@@ -115,7 +121,7 @@ class QtJobRunner(QObject):
     log = Signal(str)
     warned = Signal(str)
     succeeded = Signal(str, object)
-    failed = Signal(str, str, str)
+    failed = Signal(str, str, str, str)  # name, message, details, remedy
     cancelled = Signal(str)
     done = Signal(str)
 
@@ -182,9 +188,9 @@ class QtJobRunner(QObject):
     def _on_result(self, value: object) -> None:
         self.succeeded.emit(self._name, value)
 
-    @Slot(str, str)
-    def _on_error(self, message: str, details: str) -> None:
-        self.failed.emit(self._name, message, details)
+    @Slot(str, str, str)
+    def _on_error(self, message: str, details: str, remedy: str) -> None:
+        self.failed.emit(self._name, message, details, remedy)
 
     @Slot()
     def _on_cancelled(self) -> None:

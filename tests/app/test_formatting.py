@@ -6,13 +6,17 @@ import pytest
 
 from core.errors import RecipeError
 from merger_app._format import (
+    error_text,
     format_value,
     human_bytes,
     human_count,
     human_duration,
+    reason_and_remedy,
     remaining_seconds,
+    remedy_first,
     shorten_paths,
     summary_line,
+    user_text,
 )
 from merger_app._recipe_build import PerTensor, param_value, parse_gradient, split_value
 
@@ -111,6 +115,41 @@ def test_split_value_inverts_param_value(per):
 def test_summary_line_is_the_first_line_cut_short(text, short):
     assert summary_line(text, limit=60) == short
     assert len(summary_line(text, limit=60)) <= 60 + len(" …")  # ' …': more lines follow
+
+
+def test_summary_line_never_cuts_what_it_is_told_to_keep():
+    text = "Give data made for this model (x shaped N×C×H×W). Why: the data is wrong"
+    keep = len("Give data made for this model (x shaped N×C×H×W).")
+    # without `keep`, the cut prefers the parenthesis: the remedy loses its end
+    assert summary_line(text, limit=40) == "Give data made for this model…"
+    assert summary_line(text, limit=40, keep=keep).startswith(text[:keep])
+    assert summary_line(text, limit=keep + 10, keep=keep) == text[:keep] + " Why: the…"
+
+
+def test_a_user_error_reads_as_reason_then_remedy_without_nested_parentheses():
+    from core.errors import MergerError
+
+    exc = MergerError(
+        "the data's examples are shaped [32]",
+        file="/d/bad.npz",
+        hint="give data made for this model (x shaped N×features)",
+    )
+    assert str(exc).endswith("(x shaped N×features))")  # core's own text nests them
+    reason, remedy = reason_and_remedy(exc)
+    assert reason == "/d/bad.npz: the data's examples are shaped [32]"
+    assert remedy == "give data made for this model (x shaped N×features)"
+    assert user_text(exc) == (
+        "/d/bad.npz: the data's examples are shaped [32]. "
+        "Give data made for this model (x shaped N×features)."
+    )
+    assert remedy_first(reason, remedy) == (
+        "Give data made for this model (x shaped N×features). "
+        "Why: /d/bad.npz: the data's examples are shaped [32]"
+    )
+    assert user_text(MergerError("no hint here", file="a")) == "a: no hint here"
+    assert error_text("Out of memory.", "close other programs.") == (
+        "Out of memory. Close other programs."
+    )  # no doubled full stops
 
 
 def test_main_dtype_names_the_bulk_and_says_when_mixed():

@@ -180,10 +180,45 @@ def test_a_long_user_error_is_a_short_hint_and_a_box_without_details(window, qtb
     assert box.detailedText() == ""
     box.close()
     hint = window.hint.text()
-    assert hint.startswith("⚠ The last merge with these settings failed: a_model_with_a")
-    assert hint.endswith("…") and len(hint) <= HINT_LIMIT
+    # what to do first, whole; the reason (the long name) is what gets cut
+    assert hint.startswith("⚠ The last merge with these settings failed. This model is broken")
+    assert hint.endswith("…") and len(hint) <= 2 * HINT_LIMIT
     assert box.text() in window.hint.toolTip()
     assert box.text() in window.jobs.log.toPlainText()
+
+
+def parentheses_depth(text: str) -> int:
+    """How deeply parentheses nest in `text` ('a (b (c))' → 2)."""
+    depth = deepest = 0
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def test_a_data_shape_failure_shows_its_remedy_whole_and_nests_no_parentheses(
+    window, qtbot, tiny, tmp_path
+):
+    """The GUI trial: bad data for activation matching failed at merge time and the hint
+    cut off what to do ('…but the…'); the text read '(give data … (x shaped …))'."""
+    data = tmp_path / "bad_shape.npz"
+    np.savez(data, x=np.zeros((256, 32), np.float32))  # the models take 64 features
+    load_for_method(window, tiny, "activation_matching")
+    window.method.data_combo.setCurrentText(str(data))
+    assert merge(window, qtbot) is None
+    box = window.last_error
+    remedy = "Give data made for this model (x shaped N×C×H×W for images, N×features otherwise)."
+    hint = window.hint.text()
+    assert hint.startswith(f"⚠ The last merge with these settings failed. {remedy} Why: ")
+    assert "bad_shape.npz" in hint  # and as much of the reason as fits
+    log = window.jobs.log.toPlainText()
+    for text in (box.text(), hint, window.hint.toolTip(), log):
+        assert parentheses_depth(text) == 1, text
+    whole = f"{data}: the data's examples are shaped [32], but the model takes 64 features"
+    assert box.text().startswith(whole) and box.text().endswith(remedy)
+    assert box.text() in window.hint.toolTip() and box.text() in log
+    box.close()
 
 
 def test_unsaved_result_asks_before_closing(window, qtbot, tiny):

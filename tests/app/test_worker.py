@@ -55,10 +55,31 @@ def test_a_user_error_carries_its_message_and_no_traceback(qtbot, runner):
     runner.failed.connect(lambda *args: failures.append(args))
     with qtbot.waitSignals([runner.failed, runner.done], order="strict", timeout=5000):
         runner.start("merge", job)
-    [(name, message, details)] = failures
+    [(name, message, details, remedy)] = failures
     assert name == "merge"
     assert message == "a.safetensors: the file is truncated"
     assert details == ""  # the message says what to do; a traceback would suggest a bug
+    assert remedy == ""  # core gave none
+
+
+def test_a_user_errors_remedy_comes_apart_from_its_reason(qtbot, runner):
+    """Core's str() appends the remedy in parentheses; the window wants them apart (to
+    put the remedy first where the text may be cut, and to nest no parentheses)."""
+
+    def job(progress):
+        raise CheckpointError(
+            "the file is truncated", file="a.safetensors", hint="save it again (all of it)"
+        )
+
+    with qtbot.waitSignal(runner.failed, timeout=5000) as failed:
+        runner.start("merge", job)
+    assert failed.args == [
+        "merge",
+        "a.safetensors: the file is truncated",
+        "",
+        "save it again (all of it)",
+    ]
+    qtbot.waitUntil(lambda: not runner.running, timeout=5000)
 
 
 def test_unexpected_exception_is_reported_as_a_bug(qtbot, runner):
