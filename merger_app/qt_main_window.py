@@ -234,6 +234,7 @@ class QtMainWindow(QtFileActions, QMainWindow):
 
     def merge(self) -> bool:
         """Start merging into the session folder; False when something blocks it."""
+        self.models.notice_missing_now()  # a model removed since the watcher last looked
         blockers = self.blockers()
         if blockers:
             self.statusBar().showMessage(blockers[0], 5000)

@@ -270,6 +270,25 @@ class QtModelsPanel(QWidget):
         if wanted - watched:
             self._watcher.addPaths(sorted(wanted - watched))
 
+    def notice_missing_now(self) -> bool:
+        """Read again, now, the rows whose files are gone but not noticed yet (the watcher's
+        re-read waits REREAD_DELAY_MS for a writer to finish). Merge asks this first, so
+        that a model removed a moment before is refused up front, in the words a noticed
+        removal gets, instead of failing the merge. A stat per file; True if any was gone."""
+        missing = {
+            f
+            for r in self.model.rows()
+            if not r.unreadable
+            for f in r.disk_files
+            if not os.path.exists(f)
+        }
+        if not missing:
+            return False
+        self._changed_files |= missing
+        self._reread_timer.stop()
+        self._reread_changed()
+        return True
+
     def _on_file_changed(self, path: str) -> None:
         self._changed_files.add(path)
         self._reread_timer.start()  # restarts: read once the writer is done

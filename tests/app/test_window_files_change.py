@@ -47,6 +47,21 @@ def test_a_model_removed_after_it_was_added_blocks_merge_until_it_is_back(window
     assert window.merge_button.isEnabled()
 
 
+def test_merge_right_after_a_model_is_removed_is_refused_up_front(window, qtbot, tmp_path):
+    """The watcher re-reads a changed file REREAD_DELAY_MS after its last change; a merge
+    started in that moment failed with an error box. Merge looks at the files first and
+    says what a noticed removal says, without starting."""
+    _, second = _two_models(window, tmp_path)
+    second.unlink()
+    assert _row(window, "m1.safetensors").unreadable is None  # not noticed yet
+    assert not window.merge()  # at once, before the watcher's re-read
+    assert not window.runner.running and window.last_error is None
+    said = "m1.safetensors: it is no longer on disk. Put it back, or remove it from the list."
+    assert window.statusBar().currentMessage() == said
+    assert window.hint.text() == f"⚠ {said}"
+    assert not window.merge_button.isEnabled()
+
+
 def test_a_model_written_again_shows_its_new_size_and_shape(window, qtbot, tmp_path):
     first, _ = _two_models(window, tmp_path)
     before = _row(window, "m0.safetensors")
