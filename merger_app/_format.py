@@ -149,3 +149,23 @@ def shorten_paths(text: str, longest: int = 32) -> str:
         return whole if len(whole) <= longest else f"…/{match.group(1)}"
 
     return _LONG_PATH.sub(cut, text)
+
+
+def aligns_then_interpolates(spec: Any) -> bool:
+    """A Re-Basin method: B is aligned to A, then lambda goes from A (0) to that B (1)."""
+    return bool(spec.needs.arch) and any(p.name == "lambda" for p in spec.params)
+
+
+LAMBDA_ENDS = "0 = A, 1 = B aligned to A"
+
+
+def lambda_outcome(spec: Any, value: float) -> str:
+    """What a Re-Basin merge wrote, by its lambda ('' for other methods): λ = 1, 'align
+    only', is B aligned to A (the same function as B), not a mix."""
+    if not aligns_then_interpolates(spec) or not isinstance(value, int | float):
+        return ""
+    if value == 1:
+        return "λ = 1: B aligned to A"
+    if value == 0:
+        return "λ = 0: A"
+    return f"λ = {value:g}, between A (0) and B aligned to A (1)"

@@ -29,6 +29,7 @@ from core.methods import REGISTRY
 from core.recipe import Recipe
 from merger_app._format import (
     error_text,
+    lambda_outcome,
     reason_and_remedy,
     remedy_first,
     shorten_paths,
@@ -260,8 +261,8 @@ class QtMainWindow(QtFileActions, QMainWindow):
             for note in result.notes:
                 self.jobs.append(note)
             self.jobs.append(
-                f"Merged with {REGISTRY.get(recipe.merge_method).label} "
-                f"in {result.seconds:.1f} s. "
+                f"Merged with {REGISTRY.get(recipe.merge_method).label}"
+                f"{self._result_outcome()} in {result.seconds:.1f} s. "
                 "Save it with File ▸ Save Merged Model (Ctrl+S)."
             )
             self.merge_finished.emit(result)
@@ -478,13 +479,25 @@ class QtMainWindow(QtFileActions, QMainWindow):
             return f"⚠ {partial[1]}"
         if self.result is not None and not self.saved:
             if current:
-                return "Merged. Save the result (Ctrl+S), or change settings and merge again."
+                return (
+                    f"Merged{self._result_outcome()}. Save the result (Ctrl+S), or change "
+                    "settings and merge again."
+                )
             return STALE_RESULT
         if self.result is not None and current and self._saved_to is not None:
             return (
                 f"Saved to {self._saved_to}. Save it elsewhere, or change settings and merge again."
             )
         return "Ready to merge."
+
+    def _result_outcome(self) -> str:
+        """' (λ = 1: B aligned to A)' for a Re-Basin result, '' for others."""
+        recipe = self.result_recipe
+        if recipe is None:
+            return ""
+        spec = REGISTRY.get(recipe.merge_method)
+        outcome = lambda_outcome(spec, recipe.parameters.get("lambda"))
+        return f" ({outcome})" if outcome else ""
 
     def _failure_applies(self) -> bool:
         """Whether the last failed merge had these settings and these files: a model, data

@@ -31,6 +31,7 @@ from core.errors import MergerError
 from core.methods import REGISTRY
 from core.methods.registry import MethodSpec
 from core.recipe import DTYPES, Recipe
+from merger_app._format import LAMBDA_ENDS, aligns_then_interpolates
 from merger_app._recipe_build import PerTensor, split_value
 from merger_app.qt_param_form import QtParamForm, let_shrink
 from merger_app.qt_per_tensor import QtPerTensorEditor
@@ -350,7 +351,9 @@ class QtMethodPanel(QWidget):
         self.description.setText(f"{spec.description}{link}")
         self.needs.setText(needs_text(spec))
         self._keep_shown()
-        self.form.set_params(tuple(p for p in spec.params if not p.per_model))
+        # λ's ends named where λ is set: at 1 a Re-Basin merge is B aligned to A, not a mix
+        notes = {"lambda": LAMBDA_ENDS} if aligns_then_interpolates(spec) else {}
+        self.form.set_params(tuple(p for p in spec.params if not p.per_model), notes)
         self.per_tensor.set_params(spec.params)
         self._show_kept(spec.name)
         self._shown = spec.name

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
     QSpinBox,
@@ -92,22 +93,44 @@ class QtParamForm(QWidget):
         self._layout.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
         self._params: tuple[Param, ...] = ()
         self._editors: dict[str, QWidget] = {}
+        self._notes: dict[str, QLabel] = {}
 
-    def set_params(self, params: tuple[Param, ...]) -> None:
-        """Rebuild the form for these parameters, each at its default."""
+    def set_params(self, params: tuple[Param, ...], notes: dict[str, str] | None = None) -> None:
+        """Rebuild the form for these parameters, each at its default; `notes` are short
+        texts shown beside an editor (what the ends of a range mean)."""
         while self._layout.rowCount():
             self._layout.removeRow(0)
         self._params = tuple(params)
         self._editors = {}
+        self._notes: dict[str, QLabel] = {}
         for p in self._params:
             editor = make_editor(p, self)
             self._editors[p.name] = editor
             label = QLabel(param_label(p) + ":", self)
             label.setToolTip(p.help)
-            self._layout.addRow(label, editor)
+            note = (notes or {}).get(p.name)
+            self._layout.addRow(label, self._with_note(editor, note, p) if note else editor)
             self._connect(editor)
         if not self._params:
             self._layout.addRow(QLabel("This method has no settings besides the models.", self))
+
+    def _with_note(self, editor: QWidget, note: str, param: Param) -> QWidget:
+        """The editor with a note to its right, one field of the form."""
+        box = QWidget(self)
+        row = QHBoxLayout(box)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(editor)
+        label = QLabel(note, box)
+        label.setToolTip(param.help)
+        label.setObjectName(f"note_{param.name}")
+        row.addWidget(label)
+        row.addStretch(1)
+        self._notes[param.name] = label
+        return box
+
+    def note(self, name: str) -> QLabel | None:
+        """The note beside a parameter's editor, if it has one."""
+        return self._notes.get(name)
 
     def _connect(self, editor: QWidget) -> None:
         if isinstance(editor, QCheckBox):

@@ -152,6 +152,18 @@ def test_a_user_error_reads_as_reason_then_remedy_without_nested_parentheses():
     )  # no doubled full stops
 
 
+def test_a_re_basin_lambda_is_named_by_what_it_writes():
+    from core.methods import REGISTRY
+    from merger_app._format import lambda_outcome
+
+    wm = REGISTRY.get("weight_matching")
+    assert lambda_outcome(wm, 1.0) == "λ = 1: B aligned to A"
+    assert lambda_outcome(wm, 0.0) == "λ = 0: A"
+    assert lambda_outcome(wm, 0.25) == "λ = 0.25, between A (0) and B aligned to A (1)"
+    assert lambda_outcome(REGISTRY.get("activation_matching"), 1) == "λ = 1: B aligned to A"
+    assert lambda_outcome(REGISTRY.get("task_arithmetic"), 1.0) == ""  # scales, no ends
+
+
 def test_main_dtype_names_the_bulk_and_says_when_mixed():
     import torch
 

@@ -278,3 +278,27 @@ def test_an_exported_recipe_names_its_data_by_absolute_path(window, tiny, tmp_pa
     window.method.data_combo.setCurrentText("d.npz")
     assert window.export_recipe(tmp_path / "deeper.yaml")
     assert Recipe.load(tmp_path / "deeper.yaml").data == str(tmp_path / "d.npz")
+
+
+def test_lambdas_ends_are_named_for_re_basin_where_lambda_is_set_and_in_the_result(
+    window, qtbot, tiny
+):
+    """The GUI trial: λ = 1 ('align only') was not named as B aligned to A anywhere."""
+    load_for_method(window, tiny, "weight_matching")
+    note = window.method.form.note("lambda")
+    assert note is not None
+    qtbot.waitUntil(note.isVisible, timeout=2000)  # a layout shows new fields queued
+    assert note.text() == "0 = A, 1 = B aligned to A"
+    editor = window.method.form.editor("lambda")
+    assert note.geometry().left() >= editor.geometry().right()  # beside the field
+    window.method.form.set_values({"lambda": 1.0})
+    assert merge(window, qtbot) is not None
+    assert window.hint.text().startswith("Merged (λ = 1: B aligned to A). Save the result")
+    log = window.jobs.log.toPlainText()
+    assert "Merged with Git Re-Basin: weight matching (λ = 1: B aligned to A) in " in log
+
+    load_for_method(window, tiny, "task_arithmetic")  # λ scales task vectors: no ends
+    assert window.method.form.note("lambda") is None
+    assert merge(window, qtbot) is not None
+    assert window.hint.text().startswith("Merged. Save the result")
+    assert "λ" not in window.jobs.log.toPlainText().splitlines()[-2]
