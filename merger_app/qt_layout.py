@@ -32,6 +32,7 @@ def build_window_layout(self: QMainWindow) -> None:
     scroll.setWidgetResizable(True)
     scroll.setWidget(self.method)
     scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+    scroll.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # a frame, not a field: Tab skips it
     right = QWidget(self)
     right_layout = QVBoxLayout(right)
     right_layout.setContentsMargins(0, 0, 0, 0)

@@ -89,6 +89,14 @@ class _MethodValues:
     per_tensor: dict[str, PerTensor]
 
 
+class QtOneStopLabel(QLabel):
+    """A label whose links Tab reaches in one stop: Qt's label stops on its link, then
+    again on the label with nothing selected (the trial's 'twice on the link')."""
+
+    def focusNextPrevChild(self, next: bool) -> bool:  # noqa: N802, A002 - Qt's API
+        return QWidget.focusNextPrevChild(self, next)
+
+
 class QtMethodPanel(QWidget):
     """Method combo, description, needs, parameter form, per-layer values, outputs."""
 
@@ -104,7 +112,7 @@ class QtMethodPanel(QWidget):
             self.combo.setItemData(
                 self.combo.count() - 1, spec.description, Qt.ItemDataRole.ToolTipRole
             )
-        self.description = QLabel(self)
+        self.description = QtOneStopLabel(self)
         self.description.setWordWrap(True)
         self.description.setOpenExternalLinks(True)
         self.description.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
@@ -237,9 +245,10 @@ class QtMethodPanel(QWidget):
         editors = [self.form.editor(p.name) for p in self.form.params]
         return [
             self.combo,
+            self.description,  # its Reference link
             *editors,
             self.reset_button,
-            self.per_tensor.toggle,
+            *self.per_tensor.focus_chain(),
             self.data_combo,
             self.data_browse,
             self.arch_combo,

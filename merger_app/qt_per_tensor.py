@@ -69,6 +69,7 @@ class QtPerTensorEditor(QWidget):
         self.table.setHorizontalHeaderLabels(["Tensor name contains", "Value"])
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setVisible(False)
+        self.table.setTabKeyNavigation(False)  # Tab leaves the table (arrows move in it)
         self.table.setToolTip(
             "Tensors whose name contains the text use the row's value; the first matching row wins."
         )
@@ -132,6 +133,18 @@ class QtPerTensorEditor(QWidget):
         self.table.setItem(row, 0, QTableWidgetItem(text))
         self.table.setItem(row, 1, QTableWidgetItem("" if value is None else format_value(value)))
         self.table.setCurrentCell(row, 0)
+
+    def focus_chain(self) -> list[QWidget]:
+        """The toggle, then the fields it shows, for the window's Tab order (Tab skips
+        them while they are hidden)."""
+        return [
+            self.toggle,
+            self.param_combo,
+            self.gradient,
+            self.table,
+            self.add_row_button,
+            self.remove_row_button,
+        ]
 
     def set_expanded(self, expanded: bool) -> None:
         self.toggle.setChecked(expanded)
