@@ -9,7 +9,6 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QHBoxLayout,
-    QLabel,
     QMainWindow,
     QPushButton,
     QScrollArea,
@@ -18,6 +17,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from merger_app.qt_elide import QtElidingLabel
+
+MIN_WIDTH, MIN_HEIGHT = 640, 480  # VGA: the smallest screens still sold
+
 
 def build_window_layout(self: QMainWindow) -> None:
     """Create the buttons and splitters of `self` (a QtMainWindow with its panels made)."""
@@ -25,8 +28,7 @@ def build_window_layout(self: QMainWindow) -> None:
     self.merge_button.setObjectName("mergeButton")
     self.merge_button.setDefault(True)
     self.save_button = QPushButton("Save…", self)
-    self.hint = QLabel(self)
-    self.hint.setWordWrap(True)
+    self.hint = QtElidingLabel(self, max_lines=3)  # cut with '…' in a small window
     self.hint.setObjectName("mergeHint")
     scroll = QScrollArea(self)
     scroll.setWidgetResizable(True)
@@ -58,6 +60,9 @@ def build_window_layout(self: QMainWindow) -> None:
     layout.setContentsMargins(8, 8, 8, 4)
     layout.addWidget(self.main_split)
     self.setCentralWidget(central)
+    # below this the method panel would show a line or two of its fields: the window
+    # stops shrinking instead (texts that do not fit end with '…' down to it)
+    self.setMinimumSize(MIN_WIDTH, MIN_HEIGHT)
     self.resize(1280, 800)
     self.main_split.setSizes([560, 200])
     self.top_split.setSizes([720, 560])

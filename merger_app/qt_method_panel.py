@@ -33,6 +33,7 @@ from core.methods.registry import MethodSpec
 from core.recipe import DTYPES, Recipe
 from merger_app._format import LAMBDA_ENDS, aligns_then_interpolates
 from merger_app._recipe_build import PerTensor, split_value
+from merger_app.qt_elide import QtElidingCombo
 from merger_app.qt_param_form import QtParamForm, let_shrink
 from merger_app.qt_per_tensor import QtPerTensorEditor
 
@@ -65,6 +66,14 @@ def needs_text(spec: MethodSpec) -> str:
     if n.arch:
         parts.append("the architecture (detected from the checkpoint, or named below)")
     return "Needs: " + ", ".join(parts) + "."
+
+
+def _form() -> QFormLayout:
+    """A form whose labels go above their fields when the panel is narrow, instead of
+    cutting the fields off."""
+    form = QFormLayout()
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    return form
 
 
 def architecture_choices() -> list[str]:
@@ -105,7 +114,7 @@ class QtMethodPanel(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.combo = QComboBox(self)
+        self.combo = QtElidingCombo(self)
         self.combo.setObjectName("methodCombo")
         for spec in REGISTRY:
             self.combo.addItem(spec.label, spec.name)
@@ -143,27 +152,21 @@ class QtMethodPanel(QWidget):
         self.seed = QSpinBox(self)
         self.seed.setRange(0, 2**31 - 1)
         self.seed.setToolTip("Random methods give the same result for the same seed")
-        self.out_dtype = QComboBox(self)
+        self.out_dtype = QtElidingCombo(self)
         self.out_dtype.addItems([SAME_DTYPE, *DTYPES])
         self.out_dtype.setToolTip(
             "Dtype of the merged tensors, as written. Same as the inputs: each tensor keeps "
             "its dtype in the base model (or the first model); with a compute dtype set, "
             "the merge is written in that dtype (as mergekit's dtype: does)"
         )
-        self.compute_dtype = QComboBox(self)
+        self.compute_dtype = QtElidingCombo(self)
         self.compute_dtype.addItems([AUTO_COMPUTE, *DTYPES])
         self.compute_dtype.setToolTip(
             "Dtype the merge computes in (a recipe's dtype:). Automatic: float32, or "
             "float64 where the models are float64"
         )
 
-        for combo in (
-            self.combo,
-            self.data_combo,
-            self.arch_combo,
-            self.out_dtype,
-            self.compute_dtype,
-        ):
+        for combo in (self.data_combo, self.arch_combo):  # editable: their text scrolls
             let_shrink(combo)
         self._build_layout()
         self.combo.currentIndexChanged.connect(self._on_method)
@@ -192,9 +195,9 @@ class QtMethodPanel(QWidget):
         top = QHBoxLayout()
         top.addWidget(QLabel("<b>Method</b>", self))
         top.addWidget(self.combo, 1)
-        self.extras = QFormLayout()
-        # labels go above their fields when the panel is narrow, instead of cutting it off
-        self.extras.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        # What the method needs besides models comes right under the line saying so: in a
+        # small window (800×600) it stays in view while the parameters scroll.
+        self.inputs = _form()
         data_row = QHBoxLayout()
         data_row.addWidget(self.data_combo, 1)
         data_row.addWidget(self.data_browse)
@@ -203,13 +206,14 @@ class QtMethodPanel(QWidget):
         arch_row.addWidget(self.arch_browse)
         self._data_label = QLabel("Data:", self)
         self._arch_label = QLabel("Architecture:", self)
+        self.inputs.addRow(self._data_label, data_row)
+        self.inputs.addRow(self._arch_label, arch_row)
+        self._data_row, self._arch_row = data_row, arch_row
+        self.extras = _form()
         self._seed_label = QLabel("Seed:", self)
-        self.extras.addRow(self._data_label, data_row)
-        self.extras.addRow(self._arch_label, arch_row)
         self.extras.addRow(self._seed_label, self.seed)
         self.extras.addRow(QLabel("Output dtype:", self), self.out_dtype)
         self.extras.addRow(QLabel("Compute dtype:", self), self.compute_dtype)
-        self._data_row, self._arch_row = data_row, arch_row
         reset_row = QHBoxLayout()
         reset_row.addStretch(1)
         reset_row.addWidget(self.reset_button)
@@ -218,6 +222,7 @@ class QtMethodPanel(QWidget):
         layout.addLayout(top)
         layout.addWidget(self.description)
         layout.addWidget(self.needs)
+        layout.addLayout(self.inputs)
         layout.addWidget(self.form)
         layout.addLayout(reset_row)
         layout.addWidget(self.per_tensor)
@@ -246,13 +251,13 @@ class QtMethodPanel(QWidget):
         return [
             self.combo,
             self.description,  # its Reference link
-            *editors,
-            self.reset_button,
-            *self.per_tensor.focus_chain(),
             self.data_combo,
             self.data_browse,
             self.arch_combo,
             self.arch_browse,
+            *editors,
+            self.reset_button,
+            *self.per_tensor.focus_chain(),
             self.seed,
             self.out_dtype,
             self.compute_dtype,

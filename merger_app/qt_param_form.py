@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.methods.registry import Param
+from merger_app.qt_elide import QtElidingCombo
 from merger_app.qt_models_panel import make_number_editor
 
 
@@ -45,9 +46,8 @@ def make_editor(param: Param, parent: QWidget | None = None) -> QWidget:
         if param.type == "bool":
             widget = QCheckBox(parent)
         elif param.type == "choice":
-            widget = QComboBox(parent)
+            widget = QtElidingCombo(parent)
             widget.addItems(list(param.choices))
-            let_shrink(widget)
         else:
             widget = QLineEdit(parent)
     widget.setToolTip(param.help)
@@ -121,6 +121,7 @@ class QtParamForm(QWidget):
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(editor)
         label = QLabel(note, box)
+        label.setWordWrap(True)  # a narrow panel wraps it instead of wrapping the row
         label.setToolTip(param.help)
         label.setObjectName(f"note_{param.name}")
         row.addWidget(label)
