@@ -27,16 +27,20 @@ class MergerError(Exception):
         self.hint = hint
         super().__init__(self.__str__())
 
-    def __str__(self) -> str:
+    @property
+    def reason(self) -> str:
+        """What is wrong, where: the file and the tensor, then the message (no remedy)."""
         where = []
         if self.file:
             where.append(self.file)
         if self.tensor:
             where.append(f"tensor '{self.tensor}'")
-        text = f"{': '.join(where)}: {self.message}" if where else self.message
-        if self.hint:
-            text += f" ({self.hint})"
-        return text
+        return f"{': '.join(where)}: {self.message}" if where else self.message
+
+    def __str__(self) -> str:
+        # The remedy follows as a clause of its own: hints hold parentheses themselves,
+        # and '(… (x shaped …))' read badly on the command line.
+        return f"{self.reason}; {self.hint}" if self.hint else self.reason
 
 
 class CheckpointError(MergerError):

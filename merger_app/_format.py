@@ -10,6 +10,8 @@ import math
 import re
 from typing import Any
 
+from core.errors import MergerError
+
 _SIZE_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
 _COUNT_UNITS = ("", "K", "M", "B", "T")
 
@@ -110,13 +112,11 @@ def error_text(reason: str, remedy: str = "") -> str:
 
 def reason_and_remedy(exc: Exception) -> tuple[str, str]:
     """(what is wrong, with the file and tensor; what to do, '' if it says nothing) of a
-    `core.errors.MergerError`, for the window to arrange: core's `str(error)` appends the
-    remedy in parentheses. An error worded otherwise stays whole, as the reason."""
-    text, remedy = str(exc), getattr(exc, "hint", None) or ""
-    suffix = f" ({remedy})"
-    if remedy and text.endswith(suffix):
-        return text[: -len(suffix)], remedy
-    return text, ""
+    `core.errors.MergerError`, for the window to arrange. An error of another kind stays
+    whole, as the reason."""
+    if isinstance(exc, MergerError):
+        return exc.reason, exc.hint or ""
+    return str(exc), ""
 
 
 def user_text(exc: Exception) -> str:

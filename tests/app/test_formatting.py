@@ -134,7 +134,8 @@ def test_a_user_error_reads_as_reason_then_remedy_without_nested_parentheses():
         file="/d/bad.npz",
         hint="give data made for this model (x shaped N×features)",
     )
-    assert str(exc).endswith("(x shaped N×features))")  # core's own text nests them
+    assert str(exc).endswith("; give data made for this model (x shaped N×features)")
+    assert "))" not in str(exc)  # the command line's text nests no parentheses either
     reason, remedy = reason_and_remedy(exc)
     assert reason == "/d/bad.npz: the data's examples are shaped [32]"
     assert remedy == "give data made for this model (x shaped N×features)"
