@@ -6,7 +6,7 @@ cross-entropy over all examples (summed per batch, divided once, so the last sho
 batch weighs what it should).
 
 A model can score NaN or inf for two reasons that need different words: its weights
-hold NaN or inf (a broken checkpoint: `check_weights_finite` names the tensor), or its
+hold NaN or inf (a broken checkpoint: `validate.check_state_finite` names the tensor), or its
 weights are finite but its class scores overflow float32 on the data. `evaluate`
 counts the examples of the second kind (`nonfinite`) so that a front can say why a loss
 is missing instead of printing `nan`.
@@ -14,15 +14,12 @@ is missing instead of printing `nan`.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
 from core.data import Dataset
 from core.data.fit import forward_errors
-from core.errors import CheckpointError, MergerError
+from core.errors import MergerError
 
 
 def check_labelled(dataset: Dataset) -> None:
@@ -36,24 +33,6 @@ def check_labelled(dataset: Dataset) -> None:
             file=dataset.where,
             hint="save it with numpy.savez(path, x=inputs, y=labels)",
         )
-
-
-def check_weights_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Refuse a model whose weights hold NaN or inf, naming the first such tensor: its
-    loss would be NaN for a reason no score can show (align and merge refuse it too)."""
-    for name, tensor in state.items():
-        if not tensor.is_floating_point() or math.isfinite(float(tensor.sum())):
-            continue  # a finite sum proves every element finite, cheaply
-        if not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise CheckpointError(
-                f"holds NaN or infinite values ({bad} of {tensor.numel()}), so the model "
-                "cannot be evaluated",
-                file=source,
-                tensor=name,
-                hint="the checkpoint is broken, by a training run that diverged or a bad "
-                "conversion: use one saved before the values went bad",
-            )
 
 
 @torch.no_grad()

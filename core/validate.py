@@ -232,17 +232,30 @@ def _examples(names: Sequence[str], most: int = 2) -> str:
     return ", ".join(f"'{n}'" for n in names[:most]) if names else "none"
 
 
-def check_finite(tensor: torch.Tensor, name: str, path: str) -> None:
-    """Refuse NaN/Inf inputs; a finite sum proves every element finite, cheaply."""
+_BROKEN_HINT = "this model is broken; merging it would spread the damage"
+
+
+def check_finite(tensor: torch.Tensor, name: str, path: str, hint: str = _BROKEN_HINT) -> None:
+    """Refuse NaN/Inf inputs, saying how many; a finite sum proves every element finite,
+    cheaply."""
     if not tensor.dtype.is_floating_point or math.isfinite(float(tensor.sum())):
         return
-    if not bool(torch.isfinite(tensor).all()):
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
         raise CheckpointError(
-            "holds NaN or infinite values",
+            f"holds NaN or infinite values ({bad} of {tensor.numel()})",
             file=path,
             tensor=name,
-            hint="this model is broken; merging it would spread the damage",
+            hint=hint,
         )
+
+
+def check_state_finite(
+    state: Mapping[str, torch.Tensor], path: str, hint: str = _BROKEN_HINT
+) -> None:
+    """`check_finite` on every tensor of a model, naming the first bad one."""
+    for name, tensor in state.items():
+        check_finite(tensor, name, path, hint)
 
 
 def _besides(needs) -> str:

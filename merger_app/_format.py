@@ -80,8 +80,8 @@ def summary_line(text: str, limit: int = 120, *, keep: int = 0) -> str:
     """The first line of `text`, cut to about `limit` characters; '…' when more follows.
 
     For labels that must stay short however long the message (the hint beside Save and
-    Merge): the cut prefers the start of a parenthesis, where core's messages put the
-    reasons and the hint, then a space, but never falls in the first `keep` characters
+    Merge): the cut prefers the start of a parenthesis, where core's messages put their
+    reasons, then a space, but never falls in the first `keep` characters
     (what to do, when it comes first). The full text belongs in a tooltip or the log.
     """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -102,9 +102,8 @@ def summary_line(text: str, limit: int = 120, *, keep: int = 0) -> str:
 def error_text(reason: str, remedy: str = "") -> str:
     """A user error as the window says it: what is wrong, then what to do, as sentences.
 
-    Core's `str(error)` puts the remedy in parentheses after the reason, and remedies have
-    parentheses of their own ('(give data made for this model (x shaped N×C×H×W …))');
-    the window builds its text from the error's fields instead."""
+    Built from the error's fields (`reason_and_remedy`), not from core's one-line
+    `str(error)`, so the window can order and cut the two parts as each place needs."""
     if not remedy:
         return reason
     return f"{_sentence(reason)} {_sentence(remedy[:1].upper() + remedy[1:])}"

@@ -16,9 +16,13 @@ from core.cli.progress_bar import TerminalBar
 from core.data import Dataset, load_dataset
 from core.errors import IncompatibleModelsError
 from core.jobs import Progress
+from core.methods import REGISTRY
 from core.methods.rebasin import traced_on_data
 from core.provenance import config_json
-from core.validate import check_finite, check_models
+from core.validate import check_models, check_state_finite
+
+# The method's own words, so the CLI and the window describe the metrics alike.
+_METRIC_HELP = REGISTRY.get("activation_matching").param("metric").help
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,11 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--metric",
         choices=METRICS,
         default="correlation",
-        help="with --by activations: how units are compared. correlation: the cross-moment "
-        "E[a·b] of their activations (what Git Re-Basin's code computes; not centred, so a "
-        "unit's offset and scale count); pearson: Pearson correlation, blind to each "
-        "unit's offset and scale; euclidean: minus the Euclidean distance (PLeaS), summed "
-        "over batches of 128 examples",
+        help=f"with --by activations: {_METRIC_HELP[0].lower()}{_METRIC_HELP[1:]}",
     )
     p.add_argument("--max-iter", type=_positive, default=100, help="most weight-matching sweeps")
     p.add_argument("--seed", type=int, default=0, help="seed of the sweep order")
@@ -143,8 +143,7 @@ def cmd_align(args: argparse.Namespace) -> int:
             f"{p}: {note}" for p, c in ((args.model_a, a), (args.model_b, b)) for note in c.notes
         ]
     for path, state in ((args.model_a, state_a), (args.model_b, state_b)):
-        for name, tensor in state.items():
-            check_finite(tensor, name, path)
+        check_state_finite(state, path)
     data = load_dataset(args.data, labels=False) if args.data else None
     bar = None if (args.quiet or args.json) else TerminalBar()
     try:

@@ -20,7 +20,8 @@ from core.cli.output import merger_error_fields, print_json
 from core.data import Dataset, load_dataset
 from core.data.fit import check_fits
 from core.errors import MergerError
-from core.evaluate import check_labelled, check_weights_finite, evaluate
+from core.evaluate import check_labelled, evaluate
+from core.validate import check_state_finite
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,6 +76,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# Its loss would be NaN for a reason no score can show.
+_BROKEN = (
+    "the model cannot be evaluated; the checkpoint is broken, by a training run that diverged "
+    "or a bad conversion: use one saved before the values went bad"
+)
+
+
 def _failed(outcome: object) -> bool:
     return isinstance(outcome, MergerError)
 
@@ -90,7 +98,7 @@ def _data_error(errors: list[MergerError], data: Dataset) -> MergerError | None:
 def _evaluate_one(path: str, arch_name: str | None, data: Dataset) -> dict[str, Any]:
     with open_checkpoint(path) as ckpt:
         state = ckpt.state_dict()
-    check_weights_finite(state, path)
+    check_state_finite(state, path, _BROKEN)
     arch = resolve_architecture(
         arch_name, state, need_spec=False, source=path, input_shape=data.input_shape
     )

@@ -10,10 +10,7 @@ import torch
 
 from core.alignment.activation_matching import METRICS
 from core.alignment.align import FEW_BN_EXAMPLES, align, interpolate, repair_batchnorm
-from core.architectures import (
-    Architecture,
-    is_file_reference,
-)
+from core.architectures import Architecture, is_file_reference
 from core.data import Dataset, load_dataset
 from core.methods.registry import MethodSpec, Needs, Param
 

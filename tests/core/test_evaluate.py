@@ -109,11 +109,11 @@ def test_scores_that_are_not_finite_are_counted_and_nan_predicts_nothing():
 
 
 def test_weights_holding_nan_are_named_by_tensor():
-    from core.evaluate import check_weights_finite
+    from core.validate import check_state_finite
 
     state = {"a.weight": torch.ones(3), "b.weight": torch.tensor([1.0, math.nan, math.inf])}
     with pytest.raises(MergerError, match=r"NaN or infinite values \(2 of 3\)") as info:
-        check_weights_finite(state, "m.safetensors")
+        check_state_finite(state, "m.safetensors")
     assert info.value.tensor == "b.weight" and info.value.file == "m.safetensors"
     # integer tensors cannot hold NaN; a finite model passes
-    check_weights_finite({"n": torch.tensor(3), "w": torch.zeros(2)}, "m.safetensors")
+    check_state_finite({"n": torch.tensor(3), "w": torch.zeros(2)}, "m.safetensors")
